@@ -1,0 +1,178 @@
+"""Training recipe: SGD with momentum, cosine schedule, optional TMPR.
+
+Settings follow the CTSN authors' code (REFERENCE.md section 2): SGD lr 0.1,
+momentum 0.9, weight decay 1e-4, cosine annealing; the loss is the cross
+entropy of the logits averaged over T, plus the TMPR regulariser when asked.
+Checkpoints hold the model config, the state dict and the training record,
+so :func:`load_checkpoint` rebuilds the exact network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .layers import SpikingNeuron
+from .models import SpikingNet, build_model
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "resnet8"
+    neuron: str = "ternary"
+    width: int | None = 16
+    timesteps: int = 4
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    tmpr: float = 0.0          # lambda of TMPR; 0 turns it off (0.05 static, 0.01 event data)
+    seed: int = 0
+    dataset: str = "fashion-mnist"
+    train_limit: int | None = None   # use only the first N training images (tests, smoke runs)
+    test_limit: int | None = None
+    augment: bool = True
+    threads: int | None = None
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+def tmpr_loss(membranes: list[list[torch.Tensor]], lam: float) -> torch.Tensor:
+    """TMPR: 1/(T*N) * sum_t sum_n (lam / t) * mean(u~_n[t]^2), t counted from 1.
+
+    ``membranes[n][t-1]`` is layer n's potential at step t (after the input
+    is added, before the reset).
+    """
+    N = len(membranes)
+    T = len(membranes[0])
+    total = membranes[0][0].new_zeros(())
+    for layer in membranes:
+        for t, u in enumerate(layer, start=1):
+            total = total + (lam / t) * u.pow(2).mean()
+    return total / (T * N)
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[SpikingNet, dict]:
+    """Rebuild the network a checkpoint describes and load its weights."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many kinds here; the user needs one line
+        from ..errors import EvsimError
+        raise EvsimError(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
+    from ..errors import EvsimError
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+        raise EvsimError(f"{path}: not an evsim checkpoint (needs 'config' and 'state_dict')")
+    model = build_model(**ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise EvsimError(f"{path}: weights do not fit the recorded architecture: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, ckpt
+
+
+def save_checkpoint(path, model: SpikingNet, record: dict):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"config": model.config, "state_dict": model.state_dict(), "record": record}, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_size=256, device="cpu") -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i:i + batch_size]).to(device)
+            y = torch.from_numpy(labels[i:i + batch_size]).to(device)
+            correct += (model(x).argmax(1) == y).sum().item()
+    return correct / len(images)
+
+
+def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True) -> tuple[SpikingNet, dict]:
+    from ..datasets import load_dataset
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    x_train, y_train = load_dataset(cfg.dataset, "train")
+    x_test, y_test = load_dataset(cfg.dataset, "test")
+    if cfg.train_limit:
+        x_train, y_train = x_train[:cfg.train_limit], y_train[:cfg.train_limit]
+    if cfg.test_limit:
+        x_test, y_test = x_test[:cfg.test_limit], y_test[:cfg.test_limit]
+
+    model = build_model(cfg.arch, neuron=cfg.neuron, timesteps=cfg.timesteps, in_channels=x_train.shape[1],
+                        num_classes=int(y_train.max()) + 1, image_size=x_train.shape[-1], width=cfg.width)
+    model.to(device)
+    neurons = [m for _, m in model.neurons()]
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # amplitudes and CTSN coefficients are per-layer scalars: no weight decay
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    for m in neurons:
+        m.record_membrane = cfg.tmpr > 0
+
+    history = []
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(len(x_train))
+        seen = correct = 0
+        loss_sum = 0.0
+        batches = range(steps_per_epoch)
+        bar = click.progressbar(batches, label=f"epoch {epoch + 1}/{cfg.epochs}", file=None if progress else open(os.devnull, "w"),
+                                item_show_func=lambda _: f"loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.4f}")
+        with bar:
+            for b in bar:
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                xb = torch.from_numpy(x_train[idx])
+                if cfg.augment:
+                    flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+                    xb[flip] = xb[flip].flip(-1)
+                xb = xb.to(device)
+                yb = torch.from_numpy(y_train[idx]).to(device)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                if cfg.tmpr > 0:
+                    loss = loss + tmpr_loss([m.membranes for m in neurons], cfg.tmpr)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                seen += len(idx)
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == yb).sum().item()
+        acc = evaluate(model, x_test, y_test, device=device)
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                        "test_acc_torch": acc, "elapsed_s": round(time.time() - t0, 1)})
+        click.echo(json.dumps(history[-1]), err=True)
+        if out is not None:
+            record = {"train_config": asdict(cfg), "history": history, "torch_version": torch.__version__}
+            save_checkpoint(out, model.cpu(), record)
+            model.to(device)
+    for m in neurons:
+        m.record_membrane = False
+    model.cpu().eval()
+    record = {"train_config": asdict(cfg), "history": history, "torch_version": torch.__version__}
+    return model, record

@@ -1,0 +1,316 @@
+"""Lower a :class:`~evsim.graph.Network` to the arrays the engine runs on.
+
+* linear projections -> CSR rows per presynaptic neuron (scipy names:
+  ``indptr``, ``indices``, ``data``), zeros dropped;
+* conv projections -> a weight-shared *kernel CSR*: per input channel, its
+  non-zero taps, each with the weight vector over output channels. Pruned
+  taps cost nothing. Optionally (``conv_mode="explicit"``) a per-neuron CSR
+  of the same conv, built with scipy.sparse and guarded by a memory limit,
+  since it grows with neurons x fan-out;
+* identity projections -> a scale;
+* projections from a direct-encoded input -> a dense operator evaluated
+  once per sample (its multiply-accumulates are counted once).
+
+All index arithmetic is in the engine's channels-last order (``p * C + c``).
+Shapes and dtypes are fixed here, once, never checked in the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import NetworkError
+from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+CONV_MODES = ("kernel", "explicit")
+DEFAULT_EXPLICIT_LIMIT_MB = 1024.0
+
+
+@dataclass
+class ConvGeometry:
+    c_in: int
+    h_in: int
+    w_in: int
+    c_out: int
+    h_out: int
+    w_out: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def valid_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """How many output rows (cols) each kernel row (col) offset reaches inside the map."""
+        def count(k, stride, pad, n_in, n_out):
+            o = np.arange(n_out)[:, None] * stride - pad + np.arange(k)[None, :]
+            return ((o >= 0) & (o < n_in)).sum(0)
+        return (count(self.kernel[0], self.stride[0], self.padding[0], self.h_in, self.h_out),
+                count(self.kernel[1], self.stride[1], self.padding[1], self.w_in, self.w_out))
+
+
+@dataclass
+class CompiledProjection:
+    """One projection, ready for its kernel. ``mode`` picks the kernel:
+    "conv" (kernel CSR), "csr" (explicit rows), "identity", "dense" (direct input)."""
+
+    name: str
+    kind: str
+    mode: str
+    source: int            # population index, or -1 for the input
+    target: int            # population index, or -1 for the readout
+    arrays: dict = field(default_factory=dict)
+    scale: float = 1.0
+    geometry: ConvGeometry | None = None
+    dense_macs: int = 0     # multiply-accumulates if run densely (ANN) once
+    direct_macs: int = 0    # MACs this projection costs per sample under direct encoding
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+@dataclass
+class CompiledPopulation:
+    name: str
+    shape: tuple[int, ...]
+    channels: int
+    positions: int
+    model: str
+    code: int
+    params: np.ndarray      # [tau, v_threshold, k_alpha, k_beta, k_gamma]
+    bias: np.ndarray        # (P * C,) sum of the folded biases of all incoming projections
+
+    @property
+    def size(self) -> int:
+        return self.channels * self.positions
+
+
+@dataclass
+class CompiledNetwork:
+    network: Network
+    dtype: np.dtype
+    populations: list[CompiledPopulation]
+    projections: list[CompiledProjection]
+    incoming: list[list[int]]          # per population: indices of event-driven projections into it
+    readout_incoming: list[int]
+    direct: list[int]                  # projections evaluated once from the direct-encoded input
+    readout_bias: np.ndarray
+    n_outputs: int
+    conv_mode: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the compiled connectivity (weights, CSR, biases)."""
+        return int(sum(p.nbytes for p in self.projections) + sum(p.bias.nbytes for p in self.populations)
+                   + self.readout_bias.nbytes)
+
+
+# ---------------------------------------------------------------------- layout
+def cl_permutation(shape: tuple[int, ...]) -> np.ndarray:
+    """perm[cl] = PyTorch flat index of channels-last flat index cl."""
+    if len(shape) == 1:
+        return np.arange(shape[0])
+    c, h, w = shape
+    return np.arange(c * h * w).reshape(c, h * w).T.reshape(-1)
+
+
+def to_channels_last(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N, *shape) in PyTorch order -> (N, P * C) channels-last, contiguous."""
+    n = x.shape[0]
+    if len(shape) == 1:
+        return np.ascontiguousarray(x.reshape(n, -1))
+    c, h, w = shape
+    return np.ascontiguousarray(x.reshape(n, c, h * w).transpose(0, 2, 1).reshape(n, h * w * c))
+
+
+def from_channels_last(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(..., P * C) channels-last -> (..., *shape) in PyTorch order."""
+    lead = x.shape[:-1]
+    if len(shape) == 1:
+        return x.reshape(*lead, shape[0])
+    c, h, w = shape
+    return np.moveaxis(x.reshape(*lead, h * w, c), -1, -2).reshape(*lead, c, h, w)
+
+
+# --------------------------------------------------------------- CSR builders
+def linear_csr(weight: np.ndarray, source_shape, target_shape, dtype) -> sp.csr_matrix:
+    """Rows = presynaptic neurons, columns = targets, both channels-last; zeros dropped."""
+    w = weight[:, cl_permutation(tuple(source_shape))]
+    if target_shape is not None:
+        w = w[cl_permutation(tuple(target_shape)), :]
+    m = sp.csr_matrix(np.ascontiguousarray(w.T).astype(dtype))
+    m.eliminate_zeros()
+    m.sort_indices()
+    return m
+
+
+def conv_geometry(pr: Projection, source_shape, target_shape) -> ConvGeometry:
+    c_out, c_in, kh, kw = pr.weight.shape
+    ho, wo = conv_output_hw(source_shape[1], source_shape[2], (kh, kw), pr.stride, pr.padding)
+    return ConvGeometry(c_in, source_shape[1], source_shape[2], c_out, ho, wo, (kh, kw), pr.stride, pr.padding)
+
+
+def kernel_csr(weight: np.ndarray, dtype) -> dict:
+    """Weight-shared kernel CSR: per input channel, its taps with any non-zero weight.
+
+    Returns ``tap_ptr (C_in+1,)``, ``tap_y, tap_x, tap_nnz (n_taps,)`` and
+    ``tap_w (n_taps, C_out)`` (contiguous rows: the inner loop of the scatter).
+    """
+    c_out, c_in, kh, kw = weight.shape
+    per_tap = weight.transpose(1, 2, 3, 0).reshape(c_in, kh * kw, c_out)   # [ci, tap, co]
+    nnz = (per_tap != 0).sum(-1)                                           # [ci, tap]
+    keep = nnz > 0
+    ci_idx, tap_idx = np.nonzero(keep)
+    tap_ptr = np.zeros(c_in + 1, dtype=np.int32)
+    np.cumsum(keep.sum(1), out=tap_ptr[1:])
+    return dict(
+        tap_ptr=tap_ptr,
+        tap_y=(tap_idx // kw).astype(np.int32),
+        tap_x=(tap_idx % kw).astype(np.int32),
+        tap_w=np.ascontiguousarray(per_tap[ci_idx, tap_idx].astype(dtype)),
+        tap_nnz=nnz[ci_idx, tap_idx].astype(np.int64),
+    )
+
+
+def conv_explicit_nnz(weight: np.ndarray, geom: ConvGeometry) -> int:
+    """Non-zeros of the per-neuron CSR of a conv, computed without building it."""
+    cy, cx = geom.valid_counts()
+    nnz_tap = (weight != 0).sum(axis=(0, 1))          # [ky, kx] over (co, ci)
+    return int((nnz_tap * cy[:, None] * cx[None, :]).sum())
+
+
+def conv_explicit_csr(weight: np.ndarray, geom: ConvGeometry, dtype,
+                      limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB) -> sp.csr_matrix:
+    """Per-neuron CSR of a conv: row = input neuron (channels-last), col = output neuron.
+
+    Refuses (NetworkError) when the matrix would exceed ``limit_mb``.
+    """
+    nnz = conv_explicit_nnz(weight, geom)
+    itemsize = np.dtype(dtype).itemsize
+    n_rows = geom.c_in * geom.h_in * geom.w_in
+    mb = (nnz * (itemsize + 4) + (n_rows + 1) * 8) / 2**20
+    if mb > limit_mb:
+        raise NetworkError(f"explicit CSR of this conv needs {mb:.0f} MB ({nnz} synapses), over the "
+                           f"{limit_mb:.0f} MB limit; use the kernel CSR (conv_mode='kernel') or raise the limit")
+    rows, cols, vals = [], [], []
+    kh, kw = geom.kernel
+    yi, xi = np.meshgrid(np.arange(geom.h_in), np.arange(geom.w_in), indexing="ij")
+    for ky in range(kh):
+        for kx in range(kw):
+            ny = yi + geom.padding[0] - ky
+            nx = xi + geom.padding[1] - kx
+            oy, ox = ny // geom.stride[0], nx // geom.stride[1]
+            ok = ((ny >= 0) & (nx >= 0) & (oy * geom.stride[0] == ny) & (ox * geom.stride[1] == nx)
+                  & (oy < geom.h_out) & (ox < geom.w_out))
+            if not ok.any():
+                continue
+            p_in = (yi * geom.w_in + xi)[ok]
+            q_out = (oy * geom.w_out + ox)[ok]
+            w = weight[:, :, ky, kx]                       # [co, ci]
+            co, ci = np.nonzero(w)
+            if co.size == 0:
+                continue
+            rows.append((p_in[:, None] * geom.c_in + ci[None, :]).ravel())
+            cols.append((q_out[:, None] * geom.c_out + co[None, :]).ravel())
+            vals.append(np.broadcast_to(w[co, ci][None, :], (p_in.size, co.size)).ravel())
+    n_cols = geom.c_out * geom.h_out * geom.w_out
+    if rows:
+        m = sp.coo_matrix((np.concatenate(vals).astype(dtype), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(n_rows, n_cols)).tocsr()
+    else:
+        m = sp.csr_matrix((n_rows, n_cols), dtype=dtype)
+    m.sort_indices()
+    return m
+
+
+def _csr_arrays(m: sp.csr_matrix, dtype) -> dict:
+    return dict(indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32),
+                data=np.ascontiguousarray(m.data.astype(dtype)))
+
+
+# ------------------------------------------------------------------ compile
+def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel",
+                    explicit_limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB) -> CompiledNetwork:
+    """Lower a validated network for the engine, in ``dtype`` ("float32" or "float64")."""
+    if dtype not in DTYPES:
+        raise NetworkError(f"unknown dtype {dtype!r} (use float32 or float64)")
+    if conv_mode not in CONV_MODES:
+        raise NetworkError(f"unknown conv mode {conv_mode!r} (known: {', '.join(CONV_MODES)})")
+    dt = DTYPES[dtype]
+    network.validate()
+    order = network.topological_order()
+    pops = {p.name: p for p in network.populations}
+    index = {name: i for i, name in enumerate(order)}
+    cpops = []
+    for name in order:
+        p: Population = pops[name]
+        c, npos = p.channels_positions
+        cpops.append(CompiledPopulation(name, p.shape, c, npos, p.model, p.neuron.code,
+                                        np.asarray(p.neuron.vector(p.params), dtype=dt),
+                                        np.zeros(c * npos, dtype=dt)))
+    n_out = network.n_classes
+    readout_bias = np.zeros(n_out, dtype=np.float64)
+    cprojs: list[CompiledProjection] = []
+    incoming: list[list[int]] = [[] for _ in order]
+    readout_incoming: list[int] = []
+    direct: list[int] = []
+    for pr in network.projections:
+        src_shape = network.shape_of(pr.source)
+        tgt_shape = None if pr.target == READOUT else network.shape_of(pr.target)
+        src = -1 if pr.source == INPUT else index[pr.source]
+        tgt = -1 if pr.target == READOUT else index[pr.target]
+        cp = CompiledProjection(pr.name, pr.kind, "", src, tgt, scale=pr.scale)
+        n_src = int(np.prod(src_shape))
+        if pr.kind == "identity":
+            cp.mode = "identity"
+            cp.dense_macs = 0
+        elif pr.kind == "linear":
+            cp.dense_macs = int(pr.weight.size)
+            if pr.source == INPUT and network.encoding == "direct":
+                cp.mode = "dense"
+                w = pr.weight[:, cl_permutation(src_shape)]
+                if tgt_shape is not None:
+                    w = w[cl_permutation(tgt_shape), :]
+                cp.arrays["weight_t"] = np.ascontiguousarray(w.T.astype(dt))   # (n_src_cl, n_tgt_cl)
+                cp.direct_macs = int(np.count_nonzero(pr.weight))
+            else:
+                cp.mode = "csr"
+                cp.arrays.update(_csr_arrays(linear_csr(pr.weight, src_shape, tgt_shape, dt), dt))
+        else:  # conv2d
+            geom = conv_geometry(pr, src_shape, tgt_shape)
+            cp.geometry = geom
+            cy, cx = geom.valid_counts()
+            cp.dense_macs = int((cy[:, None] * cx[None, :]).sum() * geom.c_in * geom.c_out)
+            if pr.source == INPUT and network.encoding == "direct":
+                cp.mode = "dense"
+                # im2col weight: rows ordered (ky, kx, ci) to match the patch layout
+                cp.arrays["weight_t"] = np.ascontiguousarray(
+                    pr.weight.transpose(2, 3, 1, 0).reshape(-1, geom.c_out).astype(dt))
+                cp.direct_macs = conv_explicit_nnz(pr.weight, geom)
+            elif conv_mode == "explicit":
+                cp.mode = "csr"
+                cp.arrays.update(_csr_arrays(conv_explicit_csr(pr.weight, geom, dt, explicit_limit_mb), dt))
+            else:
+                cp.mode = "conv"
+                cp.arrays.update(kernel_csr(pr.weight, dt))
+        if pr.bias is not None:
+            if tgt < 0:
+                readout_bias += pr.bias
+            else:
+                b = pr.bias if pr.kind == "linear" else np.repeat(pr.bias[None, :], cpops[tgt].positions, 0).ravel()
+                if pr.kind == "linear" and tgt_shape is not None:
+                    b = pr.bias[cl_permutation(tgt_shape)]
+                cpops[tgt].bias += b.astype(dt)
+        i = len(cprojs)
+        cprojs.append(cp)
+        if cp.mode == "dense":
+            direct.append(i)
+        elif tgt < 0:
+            readout_incoming.append(i)
+        else:
+            incoming[tgt].append(i)
+    return CompiledNetwork(network, np.dtype(dt), cpops, cprojs, incoming, readout_incoming, direct,
+                           readout_bias.astype(dt), n_out, conv_mode)

@@ -1,0 +1,231 @@
+"""The event-driven engine: runs a compiled network over T timesteps.
+
+A thin Python layer that owns the state arrays and calls the Numba kernels
+of :mod:`evsim.kernels` in topological order; all per-event work happens in
+the kernels. For each timestep and each population:
+
+1. the events its sources emitted this step are scattered through every
+   incoming projection (``+= w`` for a +1 spike, ``-= w`` for a -1 spike);
+2. ``fire_and_advance`` thresholds the membrane, queues the new events,
+   resets, and prepares the next step (leak, complemental term, drive).
+
+Projections from a direct-encoded input are evaluated once per sample
+(dense multiply-accumulates, counted once) and enter the membrane every
+step as part of the drive, with the folded biases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels as K
+from .compiler import CompiledNetwork, from_channels_last, to_channels_last
+from .errors import InputError
+from .neurons import neuron_model
+
+
+@dataclass
+class Counters:
+    """Counts measured from the events actually processed, per sample (arrays of length N)."""
+
+    spikes_pos: dict[str, np.ndarray] = field(default_factory=dict)   # per population
+    spikes_neg: dict[str, np.ndarray] = field(default_factory=dict)
+    events_in: dict[str, np.ndarray] = field(default_factory=dict)    # per projection
+    synaptic_ops: dict[str, np.ndarray] = field(default_factory=dict)  # AC: additions/subtractions
+    macs: dict[str, np.ndarray] = field(default_factory=dict)          # MAC (direct input, once)
+    input_events: np.ndarray | None = None
+
+
+@dataclass
+class SimulationResult:
+    outputs: np.ndarray                  # (N, n_outputs): readout averaged over T, plus bias
+    counters: Counters
+    timesteps: int
+    spikes: dict[str, np.ndarray] | None = None   # recorded: name -> (T, N, *shape) int8
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.outputs.argmax(1)
+
+
+def check_input(net: CompiledNetwork, x: np.ndarray) -> np.ndarray:
+    """Validate a batch against the network and return it in the engine dtype.
+
+    direct: (N, *input_shape) or one sample (*input_shape), real, finite,
+    inside the network's input_range when it records one.
+    spikes: (N, T, *input_shape) or (T, *input_shape), values in {-1, 0, 1}.
+    """
+    g = net.network
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+                                 or x.dtype == np.bool_):
+        raise InputError(f"input dtype {x.dtype} is not numeric")
+    shape = tuple(g.input_shape)
+    lead = (g.timesteps,) if g.encoding == "spikes" else ()
+    if x.shape == lead + shape:
+        x = x[None]
+    if x.shape[1:] != lead + shape:
+        want = "(N, T, " if lead else "(N, "
+        raise InputError(f"input shape {x.shape} does not fit the network: expected {want}"
+                         f"{', '.join(map(str, shape))}) or one sample {lead + shape}"
+                         + (f" with T={g.timesteps}" if lead else ""))
+    if x.shape[0] == 0:
+        raise InputError("input holds no samples")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise InputError("input contains NaN or inf")
+    if g.encoding == "spikes":
+        if not np.all((x == 0) | (x == 1) | (x == -1)):
+            raise InputError("spike-encoded input must hold only -1, 0 and 1")
+        return np.ascontiguousarray(x.astype(np.int8))
+    if g.input_range is not None:
+        lo, hi = g.input_range
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin < lo or xmax > hi:
+            raise InputError(f"input values span [{xmin:g}, {xmax:g}] but the network expects [{lo:g}, {hi:g}]"
+                             f" (was the data scaled as in training?)")
+    return np.ascontiguousarray(x.astype(net.dtype))
+
+
+def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
+    """Dense current of a direct-input projection, (N, n_target) channels-last."""
+    cp = net.projections[pi]
+    wt = cp.arrays["weight_t"]
+    n = x.shape[0]
+    if cp.kind == "linear":
+        xs = to_channels_last(x, net.network.input_shape)
+        return xs @ wt
+    g = cp.geometry
+    (ph, pw), (sh, sw), (kh, kw) = g.padding, g.stride, g.kernel
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))   # N, C, Hp', Wp', kh, kw
+    win = win[:, :, ::sh, ::sw][:, :, :g.h_out, :g.w_out]
+    cols = win.transpose(0, 2, 3, 4, 5, 1).reshape(n * g.h_out * g.w_out, kh * kw * g.c_in)
+    return (cols @ wt).reshape(n, g.h_out * g.w_out * g.c_out)
+
+
+def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> SimulationResult:
+    """Run one batch. ``x`` as accepted by :func:`check_input`."""
+    x = check_input(net, x)
+    g = net.network
+    T = g.timesteps
+    N = x.shape[0]
+    dt = net.dtype
+    pops = net.populations
+
+    # state, event queues and counters per population
+    v = [np.empty((N, p.size), dtype=dt) for p in pops]
+    h = [np.zeros((N, p.size if neuron_model(p.model).has_complement else 0), dtype=dt) for p in pops]
+    drive = [np.empty((N, p.size), dtype=dt) for p in pops]
+    ev_idx = [np.empty((N, p.size), dtype=np.int32) for p in pops]
+    ev_sign = [np.empty((N, p.size), dtype=np.int8) for p in pops]
+    ev_cnt = [np.zeros(N, dtype=np.int64) for _ in pops]
+    n_pos = [np.zeros(N, dtype=np.int64) for _ in pops]
+    n_neg = [np.zeros(N, dtype=np.int64) for _ in pops]
+    syn_ops = [np.zeros(N, dtype=np.int64) for _ in net.projections]
+    events_in = [np.zeros(N, dtype=np.int64) for _ in net.projections]
+    out_acc = np.zeros((N, net.n_outputs), dtype=dt)
+
+    for i, p in enumerate(pops):
+        drive[i][:] = p.bias
+    direct_out = np.zeros((N, net.n_outputs), dtype=dt)
+    for pi in net.direct:
+        cp = net.projections[pi]
+        cur = _direct_current(net, pi, x).astype(dt, copy=False)
+        if cp.target < 0:
+            direct_out += cur
+        else:
+            drive[cp.target] += cur
+    for i in range(len(pops)):
+        v[i][:] = drive[i]          # step 1 starts from rest: u = 0 + drive
+
+    # events of a spike-encoded input
+    n_in = int(np.prod(g.input_shape))
+    in_idx = np.empty((N, n_in), dtype=np.int32)
+    in_sign = np.empty((N, n_in), dtype=np.int8)
+    in_cnt = np.zeros(N, dtype=np.int64)
+    input_events = np.zeros(N, dtype=np.int64)
+
+    spikes = None
+    if record:
+        spikes = {p.name: np.zeros((T, N, p.size), dtype=np.int8) for p in pops}
+
+    def events_of(src):
+        if src < 0:
+            return in_idx, in_sign, in_cnt
+        return ev_idx[src], ev_sign[src], ev_cnt[src]
+
+    def scatter(pi, acc2d):
+        cp = net.projections[pi]
+        ei, es, ec = events_of(cp.source)
+        events_in[pi] += ec
+        a = cp.arrays
+        if cp.mode == "conv":
+            gm = cp.geometry
+            K.scatter_conv(ei, es, ec, gm.c_in, gm.w_in, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"],
+                           a["tap_nnz"], gm.stride[0], gm.stride[1], gm.padding[0], gm.padding[1],
+                           gm.h_out, gm.w_out, acc2d.reshape(N, gm.h_out * gm.w_out, gm.c_out), syn_ops[pi])
+        elif cp.mode == "csr":
+            K.scatter_csr(ei, es, ec, a["indptr"], a["indices"], a["data"], acc2d, syn_ops[pi])
+        else:
+            K.scatter_identity(ei, es, ec, dt.type(cp.scale), acc2d, syn_ops[pi])
+
+    for t in range(T):
+        if g.encoding == "spikes":
+            K.collect_events(to_channels_last(x[:, t], g.input_shape), in_idx, in_sign, in_cnt)
+            input_events += in_cnt
+        for i, p in enumerate(pops):
+            for pi in net.incoming[i]:
+                scatter(pi, v[i])
+            prm = p.params
+            K.fire_and_advance(p.code, prm[0], prm[1], prm[2], prm[3], prm[4], v[i], h[i], drive[i],
+                               ev_idx[i], ev_sign[i], ev_cnt[i], n_pos[i], n_neg[i])
+            if record:
+                K.events_to_dense(ev_idx[i], ev_sign[i], ev_cnt[i], spikes[p.name][t])
+        for pi in net.readout_incoming:
+            scatter(pi, out_acc)
+
+    outputs = out_acc / dt.type(T) + net.readout_bias + direct_out
+    counters = Counters(input_events=input_events)
+    for i, p in enumerate(pops):
+        counters.spikes_pos[p.name] = n_pos[i]
+        counters.spikes_neg[p.name] = n_neg[i]
+    for pi, cp in enumerate(net.projections):
+        counters.events_in[cp.name] = events_in[pi]
+        counters.synaptic_ops[cp.name] = syn_ops[pi]
+        counters.macs[cp.name] = np.full(N, cp.direct_macs, dtype=np.int64)
+    if record:
+        spikes = {name: from_channels_last(s, pop.shape) for (name, s), pop in zip(spikes.items(), pops)}
+    return SimulationResult(outputs=outputs, counters=counters, timesteps=T, spikes=spikes)
+
+
+def merge_results(parts: list[SimulationResult]) -> SimulationResult:
+    """Concatenate the results of consecutive batches."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    c = Counters(input_events=np.concatenate([p.counters.input_events for p in parts]))
+    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops", "macs"):
+        getattr(c, attr).update({k: np.concatenate([getattr(p.counters, attr)[k] for p in parts])
+                                 for k in getattr(first.counters, attr)})
+    spikes = None
+    if first.spikes is not None:
+        spikes = {k: np.concatenate([p.spikes[k] for p in parts], axis=1) for k in first.spikes}
+    return SimulationResult(np.concatenate([p.outputs for p in parts]), c, first.timesteps, spikes)
+
+
+def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool = False,
+        progress=None) -> SimulationResult:
+    """Run many samples in batches; ``progress(n_done)`` is called after each batch."""
+    x = np.asarray(x)
+    g = net.network
+    single = x.shape == ((g.timesteps,) if g.encoding == "spikes" else ()) + tuple(g.input_shape)
+    if single:
+        x = x[None]
+    parts = []
+    for i in range(0, max(len(x), 1), batch_size):
+        parts.append(simulate(net, x[i:i + batch_size], record=record))
+        if progress is not None:
+            progress(len(parts[-1].outputs))
+    return merge_results(parts)

@@ -1,0 +1,304 @@
+"""In-memory network graph: populations of neurons joined by projections.
+
+This module knows nothing of HDF5, Numba or PyTorch. It is the one
+description of a folded network that the file format (:mod:`evsim.format`)
+reads and writes, the compiler (:mod:`evsim.compiler`) lowers to CSR, and
+the PyTorch bridge produces. Every array shape is stated in the docstrings
+and checked once, in :meth:`Network.validate`, never in the hot path.
+
+Conventions
+-----------
+* A population's ``shape`` is ``(C, H, W)`` for a feature map or ``(n,)`` for
+  a flat layer, exactly as PyTorch would index it.
+* Sources are ``"input"`` or a population name; targets are a population
+  name or ``"readout"``.
+* Fan-in is a sum: every projection into a population adds to its membrane.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import NetworkError
+from .neurons import NEURON_MODELS, NeuronModel, neuron_model
+
+INPUT = "input"
+READOUT = "readout"
+RESERVED = (INPUT, READOUT)
+
+PROJECTION_KINDS = ("linear", "conv2d", "identity")
+ENCODINGS = ("direct", "spikes")
+READOUT_RULES = ("mean",)
+
+
+def conv_output_hw(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
+                   padding: tuple[int, int]) -> tuple[int, int]:
+    return ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1,
+            (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+
+
+@dataclass
+class Population:
+    """A group of neurons sharing one neuron model.
+
+    shape:  (C, H, W) or (n,)
+    model:  a name from :data:`evsim.neurons.NEURON_MODELS`
+    params: the model's constants, e.g. ``{"tau": 0.25, "v_threshold": 0.5}``
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    model: str = "ternary_lif"
+    params: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+        self.params = {k: float(v) for k, v in self.params.items()}
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def neuron(self) -> NeuronModel:
+        return neuron_model(self.model)
+
+    @property
+    def channels_positions(self) -> tuple[int, int]:
+        """(C, P): the channels-last layout the engine uses, P = H*W (1 for flat)."""
+        if len(self.shape) == 3:
+            return self.shape[0], self.shape[1] * self.shape[2]
+        return self.shape[0], 1
+
+
+@dataclass
+class Projection:
+    """Weighted connections from a source to a target.
+
+    kind "linear":   weight (n_target, n_source) over the flattened source
+                     (PyTorch's C*H*W order); bias (n_target,) or None.
+    kind "conv2d":   weight (C_out, C_in, kH, kW); bias (C_out,) or None;
+                     stride, padding as (y, x) pairs.
+    kind "identity": no weight; each source spike adds ``scale`` times its
+                     sign to the neuron at the same index in the target
+                     (residual shortcut). Source and target shapes match.
+
+    Average pooling never appears here: it is linear and the bridge folds it
+    into the projection that follows it.
+    """
+
+    name: str
+    source: str
+    target: str
+    kind: str
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    scale: float = 1.0
+
+    def __post_init__(self):
+        self.stride = tuple(int(s) for s in self.stride)
+        self.padding = tuple(int(p) for p in self.padding)
+        self.scale = float(self.scale)
+        if self.weight is not None:
+            self.weight = np.asarray(self.weight, dtype=np.float64)
+        if self.bias is not None:
+            self.bias = np.asarray(self.bias, dtype=np.float64)
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(self.weight.shape[2:]) if self.kind == "conv2d" else (1, 1)
+
+    @property
+    def n_params(self) -> int:
+        return sum(a.size for a in (self.weight, self.bias) if a is not None)
+
+
+@dataclass
+class Network:
+    """A folded ternary spiking network, ready to compile.
+
+    input_shape: shape of one sample at one timestep, (C, H, W) or (n,)
+    encoding:    "direct" (real values fed to the first projections every
+                 step) or "spikes" (a ternary tensor per step, (T, *input_shape))
+    readout:     "mean": the readout accumulates its input every step and the
+                 output is the average over T (plus the readout bias)
+    input_range: (lo, hi) the values a direct-encoded input is expected in;
+                 inputs outside are refused rather than answered wrongly
+    """
+
+    populations: list[Population]
+    projections: list[Projection]
+    timesteps: int
+    input_shape: tuple[int, ...]
+    encoding: str = "direct"
+    readout: str = "mean"
+    class_names: list[str] | None = None
+    input_range: tuple[float, float] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.input_shape = tuple(int(s) for s in self.input_shape)
+        self.timesteps = int(self.timesteps)
+        if self.input_range is not None:
+            self.input_range = (float(self.input_range[0]), float(self.input_range[1]))
+
+    # ------------------------------------------------------------------ lookup
+    def population(self, name: str) -> Population:
+        for p in self.populations:
+            if p.name == name:
+                return p
+        raise NetworkError(f"no population named {name!r}")
+
+    def shape_of(self, node: str) -> tuple[int, ...]:
+        if node == INPUT:
+            return self.input_shape
+        return self.population(node).shape
+
+    def incoming(self, target: str) -> list[Projection]:
+        return [p for p in self.projections if p.target == target]
+
+    @property
+    def n_classes(self) -> int:
+        readers = self.incoming(READOUT)
+        return readers[0].weight.shape[0] if readers else 0
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.n_params for p in self.projections)
+
+    # -------------------------------------------------------------- validation
+    def topological_order(self) -> list[str]:
+        """Population names so that every source comes before its targets."""
+        names = [p.name for p in self.populations]
+        deps = {n: set() for n in names}
+        for pr in self.projections:
+            if pr.target in deps and pr.source != INPUT:
+                deps[pr.target].add(pr.source)
+        order: list[str] = []
+        done: set[str] = set()
+        pending = list(names)
+        while pending:
+            ready = [n for n in pending if deps[n] <= done]
+            if not ready:
+                raise NetworkError("the projections form a cycle through populations "
+                                   + ", ".join(sorted(pending)))
+            for n in ready:
+                order.append(n)
+                done.add(n)
+            pending = [n for n in pending if n not in done]
+        return order
+
+    def validate(self) -> "Network":
+        """Check the whole graph once; raise :class:`NetworkError` naming the problem."""
+        if self.timesteps < 1:
+            raise NetworkError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.encoding not in ENCODINGS:
+            raise NetworkError(f"unknown input encoding {self.encoding!r} (known: {', '.join(ENCODINGS)})")
+        if self.readout not in READOUT_RULES:
+            raise NetworkError(f"unknown readout rule {self.readout!r} (known: {', '.join(READOUT_RULES)})")
+        if len(self.input_shape) not in (1, 3) or min(self.input_shape) < 1:
+            raise NetworkError(f"input shape must be (C, H, W) or (n,), got {self.input_shape}")
+        seen: set[str] = set()
+        for pop in self.populations:
+            if pop.name in RESERVED or not pop.name or "/" in pop.name:
+                raise NetworkError(f"invalid population name {pop.name!r}")
+            if pop.name in seen:
+                raise NetworkError(f"duplicate population name {pop.name!r}")
+            seen.add(pop.name)
+            if pop.model not in NEURON_MODELS:
+                raise NetworkError(f"population {pop.name!r}: unknown neuron model {pop.model!r} "
+                                   f"(known: {', '.join(NEURON_MODELS)})")
+            if len(pop.shape) not in (1, 3) or min(pop.shape) < 1:
+                raise NetworkError(f"population {pop.name!r}: shape must be (C, H, W) or (n,), got {pop.shape}")
+            try:
+                pop.neuron.check_params(pop.params)
+            except ValueError as e:
+                raise NetworkError(f"population {pop.name!r}: {e}") from None
+        names = set()
+        for pr in self.projections:
+            if pr.name in names:
+                raise NetworkError(f"duplicate projection name {pr.name!r}")
+            names.add(pr.name)
+            self._validate_projection(pr, seen)
+        if not self.incoming(READOUT):
+            raise NetworkError("no projection reaches the readout")
+        n_out = {p.weight.shape[0] for p in self.incoming(READOUT)}
+        if len(n_out) != 1:
+            raise NetworkError(f"projections into the readout disagree on the number of outputs: {sorted(n_out)}")
+        if self.class_names is not None and len(self.class_names) != n_out.pop():
+            raise NetworkError(f"{len(self.class_names)} class names for {self.n_classes} outputs")
+        for pop in self.populations:
+            if not self.incoming(pop.name):
+                raise NetworkError(f"population {pop.name!r} receives no projection")
+        self.topological_order()
+        return self
+
+    def _validate_projection(self, pr: Projection, populations: set[str]) -> None:
+        where = f"projection {pr.name!r}"
+        if pr.source != INPUT and pr.source not in populations:
+            raise NetworkError(f"{where}: source {pr.source!r} is not the input or a population (dangling)")
+        if pr.target != READOUT and pr.target not in populations:
+            raise NetworkError(f"{where}: target {pr.target!r} is not a population or the readout (dangling)")
+        if pr.source == pr.target:
+            raise NetworkError(f"{where}: connects {pr.source!r} to itself (a cycle)")
+        if pr.kind not in PROJECTION_KINDS:
+            raise NetworkError(f"{where}: unknown kind {pr.kind!r} (known: {', '.join(PROJECTION_KINDS)})")
+        src = self.shape_of(pr.source)
+        n_src = int(np.prod(src))
+        if pr.kind == "identity":
+            if pr.target == READOUT:
+                raise NetworkError(f"{where}: an identity projection cannot feed the readout")
+            tgt = self.shape_of(pr.target)
+            if tuple(src) != tuple(tgt):
+                raise NetworkError(f"{where}: identity needs equal shapes, source {src} vs target {tgt}")
+            if not math.isfinite(pr.scale):
+                raise NetworkError(f"{where}: scale is not finite")
+            if pr.source == INPUT and self.encoding == "direct":
+                raise NetworkError(f"{where}: identity from a direct-encoded (real-valued) input is not supported")
+            return
+        if pr.weight is None:
+            raise NetworkError(f"{where}: {pr.kind} projection has no weight")
+        if not np.all(np.isfinite(pr.weight)):
+            raise NetworkError(f"{where}: weight contains NaN or inf")
+        if pr.bias is not None and not np.all(np.isfinite(pr.bias)):
+            raise NetworkError(f"{where}: bias contains NaN or inf")
+        if pr.kind == "linear":
+            if pr.weight.ndim != 2:
+                raise NetworkError(f"{where}: linear weight must be 2-D (n_target, n_source), got shape {pr.weight.shape}")
+            n_out, n_in = pr.weight.shape
+            if n_in != n_src:
+                raise NetworkError(f"{where}: weight shape {pr.weight.shape} expects {n_in} source neurons, "
+                                   f"source {pr.source!r} has {n_src}")
+            if pr.target != READOUT:
+                tgt = self.shape_of(pr.target)
+                if n_out != int(np.prod(tgt)):
+                    raise NetworkError(f"{where}: weight shape {pr.weight.shape} gives {n_out} outputs, "
+                                       f"target {pr.target!r} has {int(np.prod(tgt))} neurons")
+            if pr.bias is not None and pr.bias.shape != (n_out,):
+                raise NetworkError(f"{where}: bias shape {pr.bias.shape}, expected ({n_out},)")
+            return
+        # conv2d
+        if pr.target == READOUT:
+            raise NetworkError(f"{where}: a conv2d projection cannot feed the readout")
+        if pr.weight.ndim != 4:
+            raise NetworkError(f"{where}: conv2d weight must be 4-D (C_out, C_in, kH, kW), got shape {pr.weight.shape}")
+        if len(src) != 3:
+            raise NetworkError(f"{where}: conv2d needs a (C, H, W) source, {pr.source!r} has shape {src}")
+        if min(pr.stride) < 1 or min(pr.padding) < 0:
+            raise NetworkError(f"{where}: invalid stride {pr.stride} or padding {pr.padding}")
+        c_out, c_in, kh, kw = pr.weight.shape
+        if c_in != src[0]:
+            raise NetworkError(f"{where}: weight shape {pr.weight.shape} expects {c_in} input channels, "
+                               f"source {pr.source!r} has {src[0]}")
+        ho, wo = conv_output_hw(src[1], src[2], (kh, kw), pr.stride, pr.padding)
+        tgt = self.shape_of(pr.target)
+        if tuple(tgt) != (c_out, ho, wo):
+            raise NetworkError(f"{where}: conv2d output would be {(c_out, ho, wo)}, target {pr.target!r} has shape {tgt}")
+        if pr.bias is not None and pr.bias.shape != (c_out,):
+            raise NetworkError(f"{where}: bias shape {pr.bias.shape}, expected ({c_out},)")
