@@ -49,11 +49,22 @@ def load_array(path: str, what: str = "input") -> np.ndarray:
     if not p.exists():
         raise InputError(f"{what} file {path}: no such file")
     try:
-        return np.load(p, allow_pickle=False)
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise InputError(f"{what} file {path}: cannot read ({e.strerror})") from None
+    if magic != b"\x93NUMPY":
+        hint = " (a .npz archive: save the array itself with numpy.save)" if magic[:2] == b"PK" else ""
+        raise InputError(f"{what} file {path}: not a .npy file{hint}")
+    try:
+        a = np.load(p, allow_pickle=False)
     except ValueError as e:
         raise InputError(f"{what} file {path}: cannot read as a .npy array ({str(e).splitlines()[0]})") from None
     except (OSError, EOFError):
         raise InputError(f"{what} file {path}: not a .npy file") from None
+    if a.ndim == 0 and what == "input":
+        raise InputError(f"{what} file {path}: holds a single value, not an array of samples")
+    return a
 
 
 def _progress_runner(net, x, batch_size, record=False, show=True):
@@ -239,6 +250,8 @@ def info(weights, as_json):
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--tmpr", type=float, default=0.0, show_default=True, help="TMPR lambda (0 = off; paper: 0.05 static).")
+@click.option("--rate-reg", type=float, default=0.0, show_default=True,
+              help="Weight of the mean firing rate in the loss: sparser spikes, fewer operations (0 = off).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training images.")
 @click.option("--test-limit", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")

@@ -125,17 +125,19 @@ def _read(f: h5py.File, path: Path) -> Network:
     for grp in ("populations", "projections"):
         if grp not in f:
             raise FormatError(f"{where}: missing group /{grp}")
+        if not isinstance(f[grp], h5py.Group):
+            raise FormatError(f"{where}: /{grp} must be a group")
     populations = []
-    for _, name, g in _ordered(f["populations"], "/populations"):
-        model = str(_attr(g, "model", f"/populations/{name}"))
+    for _, name, g in _ordered(f["populations"], f"{where}: /populations"):
+        model = str(_attr(g, "model", f"{where}: /populations/{name}"))
         if model not in NEURON_MODELS:
             raise FormatError(f"{where}: population {name!r} uses unknown neuron model {model!r} "
                               f"(known: {', '.join(NEURON_MODELS)})")
         params = {k: float(g.attrs[k]) for k in g.attrs if k not in ("index", "shape", "model")}
-        populations.append(Population(name, tuple(_attr(g, "shape", f"/populations/{name}")), model, params))
+        populations.append(Population(name, tuple(_attr(g, "shape", f"{where}: /populations/{name}")), model, params))
     projections = []
-    for _, name, g in _ordered(f["projections"], "/projections"):
-        w = f"/projections/{name}"
+    for _, name, g in _ordered(f["projections"], f"{where}: /projections"):
+        w = f"{where}: /projections/{name}"
         weight = g["weight"][()] if "weight" in g else None
         bias = g["bias"][()] if "bias" in g else None
         projections.append(Projection(
@@ -147,6 +149,9 @@ def _read(f: h5py.File, path: Path) -> Network:
     if "class_names" in f:
         class_names = [s.decode() if isinstance(s, bytes) else str(s) for s in f["class_names"][()]]
     input_range = _attr(f, "input_range", where, None, False)
+    if input_range is not None and np.shape(input_range) != (2,):
+        raise FormatError(f"{where}: input_range must hold two numbers (lo, hi), "
+                          f"got {np.ravel(input_range).tolist()}")
     try:
         provenance = json.loads(_attr(f, "provenance", where, "{}", False))
     except json.JSONDecodeError:

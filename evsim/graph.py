@@ -204,6 +204,10 @@ class Network:
             raise NetworkError(f"unknown readout rule {self.readout!r} (known: {', '.join(READOUT_RULES)})")
         if len(self.input_shape) not in (1, 3) or min(self.input_shape) < 1:
             raise NetworkError(f"input shape must be (C, H, W) or (n,), got {self.input_shape}")
+        if self.input_range is not None:
+            lo, hi = self.input_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise NetworkError(f"input_range must be finite with lo <= hi, got {self.input_range}")
         seen: set[str] = set()
         for pop in self.populations:
             if pop.name in RESERVED or not pop.name or "/" in pop.name:

@@ -19,8 +19,16 @@ sign; every kernel counts the synaptic operations it actually performed.
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import os
+
+# Numba's OpenMP layer busy-waits between parallel regions by default; with
+# dozens of short kernel calls per timestep that burns the other cores and,
+# on a loaded machine, slows each call by milliseconds. Passive waiting keeps
+# calls cheap. Set before Numba loads OpenMP; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
 
@@ -41,6 +49,7 @@ def scatter_conv(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap
     """
     n_samples = ev_cnt.shape[0]
     c_out = tap_w.shape[1]
+    unit_stride = stride_y == 1 and stride_x == 1
     for n in prange(n_samples):
         ops = 0
         for e in range(ev_cnt[n]):
@@ -55,9 +64,15 @@ def scatter_conv(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap
                 nx = x + pad_x - tap_x[k]
                 if ny < 0 or nx < 0:
                     continue
-                oy = ny // stride_y
-                ox = nx // stride_x
-                if oy * stride_y != ny or ox * stride_x != nx or oy >= h_out or ox >= w_out:
+                if unit_stride:  # skip the integer divisions of the common case
+                    oy = ny
+                    ox = nx
+                else:
+                    oy = ny // stride_y
+                    ox = nx // stride_x
+                    if oy * stride_y != ny or ox * stride_x != nx:
+                        continue
+                if oy >= h_out or ox >= w_out:
                     continue
                 q = oy * w_out + ox
                 if positive:

@@ -63,9 +63,9 @@ def _pool_factor(name, m: nn.AvgPool2d, shape) -> int:
     kk = m.kernel_size if isinstance(m.kernel_size, tuple) else (k, k)
     st = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
     pd = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
-    if kk[0] != kk[1] or st != kk or pd != (0, 0) or m.ceil_mode:
-        raise NetworkError(f"{name}: only non-overlapping square average pooling (stride = kernel, no padding) "
-                           "folds into a following conv")
+    if kk[0] != kk[1] or st != kk or pd != (0, 0) or m.ceil_mode or m.divisor_override:
+        raise NetworkError(f"{name}: only non-overlapping square average pooling (stride = kernel, no padding, "
+                           "no divisor_override) folds into a following conv")
     if shape[1] % k or shape[2] % k:
         raise NetworkError(f"{name}: average pooling {k}x{k} of a {shape[1]}x{shape[2]} map drops rows; "
                            "it cannot fold into the following conv")
@@ -82,6 +82,9 @@ def _compose_conv(ops, shape):
         cur = (cur[0], cur[1] // f, cur[2] // f)
         i += 1
     name, conv = ops[i]
+    if not isinstance(conv, nn.Conv2d):
+        raise NetworkError(f"{name}: {type(conv).__name__} before a conv cannot fold into it; "
+                           "only AvgPool2d may come between a neuron layer and a conv")
     rest = ops[i + 1:]
     if conv.groups != 1 or conv.dilation not in ((1, 1), 1) or conv.padding_mode != "zeros":
         raise NetworkError(f"{name}: grouped, dilated or non-zero-padded convs are not supported")

@@ -42,6 +42,8 @@ class SpikingNeuron(nn.Module):
         self.timesteps = 1
         self.record_spikes = False      # keep the pure spikes b, (T, B, ...)
         self.record_membrane = False    # keep u~ per step in the graph (TMPR)
+        self.track_rate = False         # keep the mean |spike| in the graph (activity regulariser)
+        self.rate: torch.Tensor | None = None
         self.spikes: torch.Tensor | None = None
         self.membranes: list[torch.Tensor] = []
 
@@ -66,6 +68,8 @@ class SpikingNeuron(nn.Module):
         spikes = self.run(xs)
         if self.record_spikes:
             self.spikes = spikes.detach()
+        if self.track_rate:
+            self.rate = spikes.abs().mean()
         out = spikes * self.amplitude.to(spikes.dtype)
         return out.reshape(x.shape)
 
@@ -140,7 +144,8 @@ class CTSN(SpikingNeuron):
         return torch.sigmoid(self.alpha), torch.sigmoid(self.beta), torch.sigmoid(self.gamma)
 
     def neuron_params(self) -> dict:
-        ka, kb, kg = (float(k.detach().double().item()) for k in self.coefficients())
+        # the sigmoid in float64, as the float64 reference (model.double()) evaluates it
+        ka, kb, kg = (float(torch.sigmoid(p.detach().double()).item()) for p in (self.alpha, self.beta, self.gamma))
         return {"tau": self.tau, "v_threshold": self.v_threshold, "k_alpha": ka, "k_beta": kb, "k_gamma": kg}
 
     def extra_repr(self):

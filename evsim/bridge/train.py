@@ -37,6 +37,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     tmpr: float = 0.0          # lambda of TMPR; 0 turns it off (0.05 static, 0.01 event data)
+    rate_reg: float = 0.0      # weight of the mean firing rate in the loss (sparser spikes); 0 = off
     seed: int = 0
     dataset: str = "fashion-mnist"
     train_limit: int | None = None   # use only the first N training images (tests, smoke runs)
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     for m in neurons:
         m.record_membrane = cfg.tmpr > 0
+        m.track_rate = cfg.rate_reg > 0
 
     history = []
     t0 = time.time()
@@ -156,6 +158,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 loss = F.cross_entropy(logits, yb)
                 if cfg.tmpr > 0:
                     loss = loss + tmpr_loss([m.membranes for m in neurons], cfg.tmpr)
+                if cfg.rate_reg > 0:
+                    loss = loss + cfg.rate_reg * torch.stack([m.rate for m in neurons]).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -173,6 +177,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             model.to(device)
     for m in neurons:
         m.record_membrane = False
+        m.track_rate = False
     model.cpu().eval()
     record = {"train_config": asdict(cfg), "history": history, "torch_version": torch.__version__}
     return model, record

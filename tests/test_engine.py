@@ -1,0 +1,330 @@
+"""The engine against the dense NumPy reference, and each Numba kernel against plain NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import networks
+import reference
+from conftest import ENCODINGS, MODELS, NETWORKS, case, ternary
+from evsim import compile_network, kernels as K, run, simulate
+from evsim.compiler import kernel_csr, to_channels_last
+from evsim.graph import INPUT, Network, Population, Projection
+from evsim.neurons import NEURON_MODELS
+
+DTYPES = (np.float32, np.float64)
+
+
+def per_sample(a: np.ndarray, value: int) -> np.ndarray:
+    """Count ``a == value`` per sample of a (T, N, ...) spike record."""
+    return (a == value).reshape(a.shape[0], a.shape[1], -1).sum(axis=(0, 2))
+
+
+# ------------------------------------------------------------ engine vs reference
+@pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
+@pytest.mark.parametrize("net_name", list(NETWORKS))
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("model", MODELS)
+def test_engine_matches_reference(model, encoding, net_name, conv_mode):
+    net, x, ref_out, ref_spikes, ref_ops = case(net_name, model, encoding)
+    cn = compile_network(net, dtype="float64", conv_mode=conv_mode)
+    r = simulate(cn, x, record=True)
+
+    # spike for spike
+    assert set(r.spikes) == set(ref_spikes)
+    for name, s in ref_spikes.items():
+        assert r.spikes[name].dtype == np.int8
+        np.testing.assert_array_equal(r.spikes[name], s, err_msg=f"population {name}")
+    np.testing.assert_allclose(r.outputs, ref_out, rtol=0, atol=1e-12)
+
+    # the counters: measured, and equal to the reference's per-event count
+    for pr in net.projections:
+        np.testing.assert_array_equal(r.counters.synaptic_ops[pr.name], ref_ops[pr.name], err_msg=pr.name)
+    for name, s in ref_spikes.items():
+        np.testing.assert_array_equal(r.counters.spikes_pos[name], per_sample(s, 1))
+        np.testing.assert_array_equal(r.counters.spikes_neg[name], per_sample(s, -1))
+        assert r.counters.spikes_pos[name].sum() > 0, f"{name} never fires: the comparison would be vacuous"
+    if encoding == "spikes":
+        np.testing.assert_array_equal(r.counters.input_events,
+                                      np.count_nonzero(x.reshape(len(x), -1), axis=1))
+    else:
+        np.testing.assert_array_equal(r.counters.input_events, 0)
+    for pr in net.projections:
+        dense = pr.source == INPUT and encoding == "direct"
+        if dense:
+            expected_events = np.zeros(len(x), dtype=np.int64)
+            expected_macs = int(reference.reach(pr, net.input_shape).sum())
+        elif pr.source == INPUT:
+            expected_events = r.counters.input_events
+            expected_macs = 0
+        else:
+            expected_events = r.counters.spikes_pos[pr.source] + r.counters.spikes_neg[pr.source]
+            expected_macs = 0
+        np.testing.assert_array_equal(r.counters.events_in[pr.name], expected_events, err_msg=pr.name)
+        np.testing.assert_array_equal(r.counters.macs[pr.name], expected_macs, err_msg=pr.name)
+    total_neg = sum(int(v.sum()) for v in r.counters.spikes_neg.values())
+    if NEURON_MODELS[model].ternary:
+        assert total_neg > 0
+    else:
+        assert total_neg == 0
+
+
+@pytest.mark.parametrize("net_name", list(NETWORKS))
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("model", ["ternary_lif", "ctsn_event"])
+def test_float32_agrees_with_reference(model, encoding, net_name):
+    net, x, ref_out, ref_spikes, _ = case(net_name, model, encoding, n=16, seed=3)
+    r = simulate(compile_network(net, dtype="float32"), x, record=True)
+    assert r.outputs.dtype == np.float32
+    assert np.mean(r.predictions == ref_out.argmax(1)) >= 0.9
+    # float32 may flip a spike at the threshold; samples whose spikes all agree must agree closely
+    same = np.ones(len(x), dtype=bool)
+    for name, s in ref_spikes.items():
+        same &= (r.spikes[name] == s).reshape(s.shape[0], s.shape[1], -1).all(axis=(0, 2))
+    assert same.mean() >= 0.75
+    scale = np.abs(ref_out).max(axis=1, keepdims=True)
+    err = np.abs(r.outputs - ref_out)[same]
+    assert np.all(err <= 1e-3 * scale[same] + 1e-6), err.max()
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_batching_gives_the_same_results(encoding):
+    net = networks.residual_net(model="ternary_lif", encoding=encoding)
+    x = networks.random_input(net, 5, seed=7)
+    cn = compile_network(net, dtype="float64")
+    whole = simulate(cn, x, record=True)
+    done = []
+    batched = run(cn, x, batch_size=2, record=True, progress=done.append)
+    assert done == [2, 2, 1]
+    np.testing.assert_array_equal(batched.outputs, whole.outputs)
+    for name in whole.spikes:
+        np.testing.assert_array_equal(batched.spikes[name], whole.spikes[name])
+    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops", "macs"):
+        a, b = getattr(batched.counters, attr), getattr(whole.counters, attr)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{attr}[{k}]")
+    np.testing.assert_array_equal(batched.counters.input_events, whole.counters.input_events)
+    # one sample without the batch axis
+    one = run(cn, x[2])
+    np.testing.assert_array_equal(one.outputs, whole.outputs[2:3])
+
+
+# ------------------------------------------------------------ hand-computed cases
+def _two_neuron_net() -> Network:
+    """input (1,) -> h (2,) with weights [-1, +1] -> readout with weights [1, 3]."""
+    lif = {"tau": 0.25, "v_threshold": 0.5}
+    return Network([Population("h", (2,), "ternary_lif", lif)],
+                   [Projection("in", "input", "h", "linear", np.array([[-1.0], [1.0]])),
+                    Projection("out", "h", "readout", "linear", np.array([[1.0, 3.0]]))],
+                   timesteps=3, input_shape=(1,), encoding="spikes")
+
+
+@pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
+def test_negative_spikes_are_events(conv_mode):
+    net = _two_neuron_net()
+    x = np.array([[[1], [1], [-1]]], dtype=np.int8)    # (N=1, T=3, 1): a -1 input spike at t=2
+    r = simulate(compile_network(net, "float64", conv_mode), x, record=True)
+    # t0, t1: +1 in -> h = (-1, +1); t2: -1 in -> h = (+1, -1)
+    np.testing.assert_array_equal(r.spikes["h"][:, 0], [[-1, 1], [-1, 1], [1, -1]])
+    assert r.counters.input_events.tolist() == [3]
+    assert r.counters.events_in["in"].tolist() == [3]
+    assert r.counters.spikes_pos["h"].tolist() == [3]
+    assert r.counters.spikes_neg["h"].tolist() == [3]
+    assert r.counters.events_in["out"].tolist() == [6]
+    assert r.counters.synaptic_ops["in"].tolist() == [6]     # 3 events x 2 synapses, -1 included
+    assert r.counters.synaptic_ops["out"].tolist() == [6]    # 6 events x 1 synapse
+    # readout: t0 -1+3, t1 -1+3, t2 +1-3 -> 2 / T
+    np.testing.assert_allclose(r.outputs, [[2.0 / 3.0]], rtol=0, atol=1e-15)
+    ref_out, _, ref_ops = reference.simulate(net, x)
+    np.testing.assert_allclose(r.outputs, ref_out, atol=1e-15)
+    assert {k: v.tolist() for k, v in ref_ops.items()} == {"in": [6], "out": [6]}
+
+
+def _one_conv_net(stride: int) -> Network:
+    """input (1, 4, 4) spikes -> 3x3 conv, padding 1, 2 output channels -> silent population."""
+    w = np.arange(1.0, 19.0).reshape(2, 1, 3, 3)
+    w[1, 0, 0, 0] = 0.0      # pruned: channel 1, tap (0, 0)
+    w[0, 0, 2, 2] = 0.0      # pruned: channel 0, tap (2, 2)
+    ho = (4 + 2 - 3) // stride + 1
+    never = {"tau": 0.25, "v_threshold": 1e9}
+    return Network([Population("c", (2, ho, ho), "ternary_lif", never)],
+                   [Projection("conv", "input", "c", "conv2d", w, None, (stride, stride), (1, 1)),
+                    Projection("fc", "c", "readout", "linear", np.ones((1, 2 * ho * ho)))],
+                   timesteps=2, input_shape=(1, 4, 4), encoding="spikes")
+
+
+@pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
+@pytest.mark.parametrize("stride, y, x, sign, expected", [
+    (1, 0, 0, 1, 7),    # corner: taps (0..1, 0..1) in the map = 4 + 4 - 1 pruned
+    (1, 1, 2, -1, 16),  # interior: all 9 taps, minus one pruned weight per channel
+    (2, 0, 0, 1, 2),    # stride 2: only tap (1, 1) lands on an output, both channels
+    (2, 3, 3, -1, 1),   # only tap (2, 2), whose channel-0 weight is pruned
+    (2, 1, 1, 1, 6),    # taps (0|2, 0|2): 1 + 2 + 2 + 1
+])
+def test_conv_ac_count_by_hand(conv_mode, stride, y, x, sign, expected):
+    net = _one_conv_net(stride)
+    s = np.zeros((1, 2, 1, 4, 4), dtype=np.int8)
+    s[0, 0, 0, y, x] = sign                     # one event, at t = 0 only
+    r = simulate(compile_network(net, "float64", conv_mode), s)
+    assert r.counters.events_in["conv"].tolist() == [1]
+    assert r.counters.synaptic_ops["conv"].tolist() == [expected]
+    assert r.counters.synaptic_ops["fc"].tolist() == [0]
+    assert reference.simulate(net, s)[2]["conv"].tolist() == [expected]
+
+
+# ---------------------------------------------------------------- kernels directly
+def events_of(frame: np.ndarray, rng: np.random.Generator | None = None):
+    """Event queue (idx, sign, cnt) of a (N, n) ternary frame, optionally in shuffled order."""
+    n_samples, n = frame.shape
+    idx = np.zeros((n_samples, n), dtype=np.int32)
+    sign = np.zeros((n_samples, n), dtype=np.int8)
+    cnt = np.zeros(n_samples, dtype=np.int64)
+    for i in range(n_samples):
+        nz = np.flatnonzero(frame[i])
+        if rng is not None:
+            nz = rng.permutation(nz)
+        idx[i, :nz.size] = nz
+        sign[i, :nz.size] = frame[i, nz]
+        cnt[i] = nz.size
+    return idx, sign, cnt
+
+
+def _tol(dt):
+    return dict(rtol=1e-5, atol=1e-5) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("c_in, h, w, c_out, k, stride, pad", [
+    (3, 6, 5, 4, (3, 3), (1, 1), (1, 1)),
+    (2, 7, 7, 3, (3, 2), (2, 3), (0, 2)),
+    (1, 5, 6, 2, (1, 1), (2, 2), (0, 0)),
+    (2, 4, 4, 5, (4, 4), (3, 1), (2, 1)),
+])
+def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad):
+    rng = np.random.default_rng(c_in * 100 + h)
+    wt = rng.normal(size=(c_out, c_in) + k)
+    wt[rng.random(wt.shape) < 0.3] = 0.0
+    wt[:, 0, 0, 0] = 0.0                                   # a fully pruned tap
+    ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
+    wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    n = 3
+    frame = ternary(rng, (n, c_in, h, w), 0.4)
+    frame_cl = to_channels_last(frame, (c_in, h, w))
+    idx, sign, cnt = events_of(frame_cl, rng)
+    taps = kernel_csr(wt, dt)
+    acc0 = rng.normal(size=(n, ho * wo, c_out)).astype(dt)
+    acc = acc0.copy()
+    ops = np.full(n, 5, dtype=np.int64)                    # counters accumulate
+    K.scatter_conv(idx, sign, cnt, c_in, w, taps["tap_ptr"], taps["tap_y"], taps["tap_x"], taps["tap_w"],
+                   taps["tap_nnz"], stride[0], stride[1], pad[0], pad[1], ho, wo, acc, ops)
+    expected = np.stack([reference.conv2d(frame[i].astype(float), wt, stride, pad) for i in range(n)])
+    expected = acc0 + expected.reshape(n, c_out, ho * wo).transpose(0, 2, 1)
+    np.testing.assert_allclose(acc, expected, **_tol(dt))
+    reach = reference.conv_reach((c_in, h, w), wt, stride, pad)
+    np.testing.assert_array_equal(ops, 5 + (reach[None] * (frame != 0)).sum(axis=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_scatter_csr_kernel(dt):
+    rng = np.random.default_rng(11)
+    n, n_src, n_tgt = 4, 13, 9
+    dense = rng.normal(size=(n_src, n_tgt))
+    dense[rng.random(dense.shape) < 0.6] = 0.0
+    dense[3] = 0.0                                        # a source neuron with no synapse
+    rows, cols = np.nonzero(dense)
+    indptr = np.zeros(n_src + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_src), out=indptr[1:])
+    indices = cols.astype(np.int32)
+    data = dense[rows, cols].astype(dt)
+    frame = ternary(rng, (n, n_src), 0.5)
+    frame[:, 3] = 1
+    idx, sign, cnt = events_of(frame, rng)
+    acc0 = rng.normal(size=(n, n_tgt)).astype(dt)
+    acc = acc0.copy()
+    ops = np.zeros(n, dtype=np.int64)
+    K.scatter_csr(idx, sign, cnt, indptr, indices, data, acc, ops)
+    np.testing.assert_allclose(acc, acc0 + frame @ dense, **_tol(dt))
+    np.testing.assert_array_equal(ops, np.abs(frame) @ (dense != 0).sum(1))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_scatter_identity_kernel(dt):
+    rng = np.random.default_rng(12)
+    frame = ternary(rng, (3, 20), 0.5)
+    idx, sign, cnt = events_of(frame, rng)
+    acc0 = rng.normal(size=(3, 20)).astype(dt)
+    acc = acc0.copy()
+    ops = np.zeros(3, dtype=np.int64)
+    scale = dt(0.8)
+    K.scatter_identity(idx, sign, cnt, scale, acc, ops)
+    np.testing.assert_allclose(acc, acc0 + scale * frame, **_tol(dt))
+    np.testing.assert_array_equal(ops, np.count_nonzero(frame, axis=1))
+
+
+def _fire_numpy(model, prm, v, h, drive):
+    """The neuron update of evsim.neurons, written out with NumPy."""
+    tau, th, ka, kb, kg = prm
+    spikes = (v >= th).astype(np.int8)
+    if NEURON_MODELS[model].ternary:
+        spikes -= (v <= -th).astype(np.int8)
+    u = tau * np.where(spikes != 0, 0, v).astype(v.dtype)
+    if model == "ctsn_static":
+        h = ka * np.maximum(h, 0) + kb * np.minimum(h, 0) + kg * u
+        return spikes, h + drive, h
+    if model == "ctsn_event":
+        h = ka * h + kb * np.maximum(u, 0) + kg * np.minimum(u, 0)
+        return spikes, h + drive, h
+    return spikes, u + drive, h
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("model", MODELS)
+def test_fire_and_advance_kernel(dt, model):
+    rng = np.random.default_rng(13)
+    nm = NEURON_MODELS[model]
+    n, size = 3, 40
+    prm = np.array([0.25, 0.5, 0.6, 0.3, 0.55], dtype=dt)
+    v = rng.normal(0, 0.7, size=(n, size)).astype(dt)
+    v[0, :4] = [prm[1], -prm[1], np.nextafter(prm[1], dt(0)), 0.0]   # exactly at / just under the threshold
+    h = rng.normal(0, 0.3, size=(n, size if nm.has_complement else 0)).astype(dt)
+    drive = rng.normal(0, 0.2, size=(n, size)).astype(dt)
+    exp_spikes, exp_v, exp_h = _fire_numpy(model, prm, v.copy(), h.copy(), drive)
+
+    ev_idx = np.full((n, size), -1, dtype=np.int32)
+    ev_sign = np.zeros((n, size), dtype=np.int8)
+    ev_cnt = np.zeros(n, dtype=np.int64)
+    n_pos = np.full(n, 2, dtype=np.int64)
+    n_neg = np.full(n, 1, dtype=np.int64)
+    K.fire_and_advance(nm.code, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive,
+                       ev_idx, ev_sign, ev_cnt, n_pos, n_neg)
+    assert exp_spikes[0, 0] == 1 and exp_spikes[0, 2] == 0
+    assert exp_spikes[0, 1] == (-1 if nm.ternary else 0)
+    for i in range(n):
+        nz = np.flatnonzero(exp_spikes[i])
+        assert ev_cnt[i] == nz.size
+        np.testing.assert_array_equal(ev_idx[i, :nz.size], nz)          # in neuron order
+        np.testing.assert_array_equal(ev_sign[i, :nz.size], exp_spikes[i, nz])
+    np.testing.assert_array_equal(n_pos, 2 + (exp_spikes == 1).sum(1))
+    np.testing.assert_array_equal(n_neg, 1 + (exp_spikes == -1).sum(1))
+    assert v.dtype == dt and h.dtype == dt
+    np.testing.assert_allclose(v, exp_v, **_tol(dt))
+    np.testing.assert_allclose(h, exp_h, **_tol(dt))
+
+
+@pytest.mark.parametrize("dt", (np.int8,) + DTYPES)
+def test_collect_events_kernel(dt):
+    rng = np.random.default_rng(14)
+    frame = ternary(rng, (4, 30), 0.4).astype(dt)
+    frame[1] = 0                                           # a silent sample
+    ev_idx = np.zeros((4, 30), dtype=np.int32)
+    ev_sign = np.zeros((4, 30), dtype=np.int8)
+    ev_cnt = np.full(4, 99, dtype=np.int64)                 # overwritten, not accumulated
+    K.collect_events(frame, ev_idx, ev_sign, ev_cnt)
+    for i in range(4):
+        nz = np.flatnonzero(frame[i])
+        assert ev_cnt[i] == nz.size
+        np.testing.assert_array_equal(ev_idx[i, :nz.size], nz)
+        np.testing.assert_array_equal(ev_sign[i, :nz.size], frame[i, nz].astype(np.int8))
+    assert ev_cnt[1] == 0
