@@ -74,7 +74,8 @@ class SpikingNeuron(nn.Module):
         return out.reshape(x.shape)
 
     def run(self, xs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each neuron model defines its dynamics
+        """Step the dynamics over xs (T, B, ...) and return the pure spikes b (T, B, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its dynamics")
 
 
 class TernaryLIF(SpikingNeuron):
@@ -95,8 +96,9 @@ class TernaryLIF(SpikingNeuron):
         return torch.stack(out)
 
 
-class BinaryLIF(SpikingNeuron):
-    """The {0, 1} LIF baseline, hard reset."""
+class BinaryLIF(TernaryLIF):
+    """The {0, 1} LIF baseline, hard reset. Its spikes are never negative,
+    so TernaryLIF's reset factor (1 - |b|) is the binary (1 - b)."""
 
     model_name = "binary_lif"
 
@@ -105,18 +107,6 @@ class BinaryLIF(SpikingNeuron):
         hard = (u >= th).to(u.dtype)
         soft = torch.clamp(u / (2 * th), 0.0, 1.0)
         return soft + (hard - soft).detach()
-
-    def run(self, xs):
-        u = torch.zeros_like(xs[0])
-        b = torch.zeros_like(xs[0])
-        out = []
-        for t in range(xs.shape[0]):
-            u = self.tau * u * (1.0 - b) + xs[t]
-            if self.record_membrane:
-                self.membranes.append(u)
-            b = self.spike_fn(u)
-            out.append(b)
-        return torch.stack(out)
 
 
 class CTSN(SpikingNeuron):
