@@ -18,7 +18,9 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -81,9 +83,10 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--train-limit", type=int, default=None, help="first N training images only (smoke runs)")
     ap.add_argument("--out", default="models/comparison")
+    ap.add_argument("--retrain", action="store_true", help="train again even where a checkpoint exists")
     args = ap.parse_args()
 
-    from evsim.bridge.train import TrainConfig, save_checkpoint, train
+    from evsim.bridge.train import TrainConfig, load_checkpoint, save_checkpoint, train
     from evsim.datasets import load_fashion_mnist
 
     out = Path(args.out)
@@ -96,11 +99,19 @@ def main():
             cfg = TrainConfig(arch=args.arch, neuron=neuron, width=args.width, timesteps=args.timesteps,
                               epochs=args.epochs, batch_size=args.batch_size, tmpr=tmpr, seed=seed,
                               threads=args.threads, train_limit=args.train_limit)
-            t0 = time.perf_counter()
-            model, record = train(cfg, progress=False)
-            train_s = time.perf_counter() - t0
             tag = f"{neuron}{'-tmpr' if tmpr else ''}-s{seed}"
-            save_checkpoint(out / "runs" / f"{tag}.pt", model, record)
+            ckpt = out / "runs" / f"{tag}.pt"
+            t0 = time.perf_counter()
+            if ckpt.exists() and not args.retrain:
+                # resume an interrupted comparison: reuse a checkpoint trained with this very config
+                model, saved = load_checkpoint(ckpt)
+                record = saved["record"]
+                if record["train_config"] != asdict(cfg):
+                    sys.exit(f"{ckpt} was trained with another config; pass --retrain")
+            else:
+                model, record = train(cfg, progress=False)
+                save_checkpoint(ckpt, model, record)
+            train_s = time.perf_counter() - t0
             m = measure(model, record, out / "runs" / f"{tag}.h5", x_test, y_test)
             m.update(variant=variant, neuron=neuron, tmpr=tmpr, seed=seed, train_s=train_s)
             rows.append(m)
