@@ -66,6 +66,12 @@ def main(model_dir: str):
     print(f"wrote {d / 'CARD.md'}", file=sys.stderr)
 
 
+def equivalent_command(cfg: dict) -> str:
+    return (f"evsim train --arch {cfg['arch']} --width {cfg['width']} --neuron {cfg['neuron']} -T {cfg['timesteps']} "
+            f"--epochs {cfg['epochs']} --batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} "
+            f"--out model.pt")
+
+
 def render(c: dict, d: Path) -> str:
     cfg = c["training"]["train_config"]
     t, e = c["totals"], c["energy"]
@@ -80,7 +86,8 @@ def render(c: dict, d: Path) -> str:
         f"- {c['info']['neurons']} neurons, {c['info']['parameters']} parameters after folding.",
         "- Data: Fashion-MNIST (Debian package `dataset-fashion-mnist`), 60 000 training images, "
         "horizontal flips; tested on all 10 000 test images.",
-        f"- Training command: `{c['training'].get('command', '(see train_config)')}`",
+        (f"- Training command: `{c['training']['command']}`" if "command" in c["training"] else
+         f"- Trained with the config below; the same run from the command line: `{equivalent_command(cfg)}`"),
         f"- Training config: `{json.dumps(cfg, sort_keys=True)}`",
         "",
         "## Accuracy on the 10 000 test images",

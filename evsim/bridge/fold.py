@@ -108,22 +108,23 @@ def _compose_conv(ops, shape):
 
 
 def _compose_affine(ops, shape):
-    """Any chain of linear ops ending flat: evaluate it on the identity basis."""
+    """Any chain of linear ops ending flat: its matrix, read off by autograd.
+
+    The chain is affine, f(x) = W x + b, so one backward pass over a batch of
+    n_out copies gives W row by row (row i = d f_i / d x): memory n_out x n_in,
+    never n_in x n_in.
+    """
     mods = nn.Sequential(*[copy.deepcopy(m) for _, m in ops]).double().eval()
-    n = int(np.prod(shape))
     with torch.no_grad():
         zero = mods(torch.zeros((1,) + tuple(shape), dtype=torch.float64))
-        if zero.ndim != 2:
-            names = ", ".join(nm for nm, _ in ops)
-            raise NetworkError(f"{names}: a chain ending in a Linear must produce a flat output")
-        cols = []
-        for i in range(0, n, 4096):
-            k = min(4096, n - i)
-            basis = torch.zeros((k, n), dtype=torch.float64)
-            basis[torch.arange(k), torch.arange(i, i + k)] = 1.0
-            cols.append(mods(basis.reshape((k,) + tuple(shape))) - zero)
-    w = torch.cat(cols).T.numpy().copy()   # (n_out, n_in)
-    b = zero[0].numpy().copy()
+    if zero.ndim != 2:
+        names = ", ".join(nm for nm, _ in ops)
+        raise NetworkError(f"{names}: a chain ending in a Linear must produce a flat output")
+    n_out = zero.shape[1]
+    x = torch.zeros((n_out,) + tuple(shape), dtype=torch.float64, requires_grad=True)
+    mods(x).diagonal().sum().backward()
+    w = x.grad.reshape(n_out, -1).numpy().copy()   # (n_out, n_in)
+    b = zero[0].detach().numpy().copy()
     return w, b
 
 

@@ -1,0 +1,208 @@
+"""evsim benchmark suite: the event-driven engine against PyTorch on the same CPU.
+
+    python bench/run.py [--quick] [--out bench/RESULTS.md] [--model-dir DIR]
+
+One run measures every case and writes RESULTS.md (tables, targets met / not
+met, explanations) and results.json (every repetition) next to it:
+
+1. the shipped trained model on Fashion-MNIST test images: evsim float32 vs
+   PyTorch (the trained unfolded model, and the folded network run densely),
+   batch 1 and the best batch of each side, 1 and 2 threads;
+2. ResNet-19 at full width, random inputs, BatchNorm set for a realistic
+   firing rate (~12 %), same comparison;
+3. synaptic additions per second of the conv scatter kernel alone;
+4. time per sample against the number of events, rates ~2-40 %;
+5. peak memory of a run and the compiled size, kernel vs explicit CSR;
+6. start-up of the ``evsim run`` command, cold and warm JIT cache;
+7. 1 -> 2 thread scaling at a large batch.
+
+``--quick`` (under ~2 minutes) uses fewer repetitions and batch sizes; the
+full run takes under ~10 minutes on 2 cores. ``--cases`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# as evsim.kernels does, before Numba's OpenMP layer loads (a user's own setting wins)
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+QUICK = dict(
+    quick=True, seed=0, threads=[1, 2],
+    shipped_batches=[1, 16, 64], reps=3, min_samples=32, max_rep_s=3.0, shipped_eval_samples=256,
+    r19_batches=[1, 4], r19_reps=3, r19_min_samples=2, r19_max_rep_s=4.0, r19_calib_samples=2,
+    r19_target_rate=0.12, r19_bn_std=0.12,
+    kern_cout=[16, 32, 64, 128], kern_reps=5, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
+    kern_shapes=[[256, 256, 16], [512, 512, 8]],
+    lin_targets=[0.02, 0.06, 0.12, 0.25, 0.40], lin_samples=2, lin_batch=2, lin_reps=3,
+    mem_batches=[1, 64],
+    start_cold=1, start_warm=3,
+)
+FULL = dict(
+    quick=False, seed=0, threads=[1, 2],
+    shipped_batches=[1, 16, 64, 256], reps=5, min_samples=64, max_rep_s=5.0, shipped_eval_samples=1024,
+    r19_batches=[1, 4, 16], r19_reps=5, r19_min_samples=4, r19_max_rep_s=6.0, r19_calib_samples=4,
+    r19_target_rate=0.12, r19_bn_std=0.12,
+    kern_cout=[16, 32, 64, 128], kern_reps=9, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
+    kern_shapes=[[256, 256, 16], [512, 512, 8]],
+    lin_targets=[0.02, 0.05, 0.10, 0.15, 0.20, 0.30, 0.40], lin_samples=4, lin_batch=4, lin_reps=3,
+    mem_batches=[1, 256],
+    start_cold=2, start_warm=5,
+)
+CASES = ("shipped", "resnet19", "kernels", "linearity", "memory", "startup", "scaling")
+
+
+def resolve_model(model_dir: Path, tmp: Path) -> dict:
+    """model.pt, folded.h5 and samples/sample0.npy of the shipped model; fills in what is missing."""
+    from cases import log
+    paths = {"dir": str(model_dir), "checkpoint": model_dir / "model.pt", "weights": model_dir / "folded.h5",
+             "sample": model_dir / "samples" / "sample0.npy", "notes": []}
+    if not paths["checkpoint"].exists():
+        raise SystemExit(f"error: {paths['checkpoint']} not found (use --model-dir)")
+    if not paths["weights"].exists():
+        from evsim.bridge.fold import fold_model
+        from evsim.bridge.train import load_checkpoint
+        from evsim.datasets import DATASET_INFO
+        from evsim.format import write_network
+        model, _ = load_checkpoint(paths["checkpoint"])
+        meta = DATASET_INFO["fashion-mnist"]
+        out = tmp / "folded.h5"
+        write_network(fold_model(model, class_names=meta["class_names"], input_range=meta["input_range"]), out)
+        paths["notes"].append(f"{paths['weights']} missing: folded {paths['checkpoint']} with fold_model into {out}.")
+        paths["weights"] = out
+        log(paths["notes"][-1])
+    if not paths["sample"].exists():
+        import numpy as np
+        from evsim.datasets import load_fashion_mnist
+        x, _ = load_fashion_mnist("test")
+        out = tmp / "sample0.npy"
+        np.save(out, x[0])
+        paths["notes"].append(f"{paths['sample']} missing: used test image 0 saved as {out}.")
+        paths["sample"] = out
+        log(paths["notes"][-1])
+    return paths
+
+
+def jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
+    if hasattr(o, "item") and callable(o.item) and getattr(o, "ndim", 1) == 0:
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and batch sizes (~2 minutes)")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown report (results.json goes beside it)")
+    ap.add_argument("--json", dest="json_out", help="JSON results (default: results.json beside --out)")
+    ap.add_argument("--model-dir", default=str(HERE.parent / "models" / "fmnist-resnet8-ternary"),
+                    help="shipped model: model.pt, folded.h5, samples/sample0.npy")
+    ap.add_argument("--threads", default="1,2", help="thread counts to compare (default 1,2)")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    args = ap.parse_args(argv)
+
+    import numba
+    import torch
+
+    from cases import (build_resnet19, case_kernels, case_linearity, case_memory, case_resnet19, case_scaling,
+                       case_shipped, case_startup, log)
+    from report import evaluate_targets, write_markdown
+    from timing import busy_cpu_processes, machine_info
+
+    cfg = dict(QUICK if args.quick else FULL)
+    cfg["threads"] = sorted({int(t) for t in args.threads.split(",")})
+    if max(cfg["threads"]) > numba.config.NUMBA_NUM_THREADS:
+        log(f"only {numba.config.NUMBA_NUM_THREADS} threads available; dropping larger thread counts")
+        cfg["threads"] = [t for t in cfg["threads"] if t <= numba.config.NUMBA_NUM_THREADS] or [1]
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in wanted if c not in CASES]
+    if bad:
+        raise SystemExit(f"error: unknown case(s) {', '.join(bad)} (known: {', '.join(CASES)})")
+    out = Path(args.out)
+    json_out = Path(args.json_out) if args.json_out else out.with_name("results.json")
+    torch.set_num_interop_threads(1)
+
+    t_start = time.perf_counter()
+    meta = machine_info()
+    meta["busy_processes"] = busy_cpu_processes()
+    if meta["busy_processes"]:
+        log("warning: other processes are using the CPU: " + ", ".join(meta["busy_processes"]))
+    cmd = "python bench/run.py" + ("".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])))
+    R = {"command": cmd, "meta": meta, "config": cfg, "cases": {}, "errors": {}}
+
+    tmp = Path(tempfile.mkdtemp(prefix="evsim-bench-"))
+    r19 = None
+    try:
+        paths = resolve_model(Path(args.model_dir), tmp) if {"shipped", "memory", "startup"} & set(wanted) else None
+        if paths:
+            meta["model_dir"] = str(paths["dir"])
+            meta["model_notes"] = list(paths["notes"])
+
+        def attempt(name, fn):
+            if name not in wanted:
+                return
+            t0 = time.perf_counter()
+            try:
+                R["cases"][name] = fn()
+                R["cases"][name]["case_seconds"] = time.perf_counter() - t0
+            except Exception as e:  # keep going: one broken case must not lose the others
+                traceback.print_exc()
+                R["errors"][name] = f"{type(e).__name__}: {e}"
+            log(f"{name} done in {time.perf_counter() - t0:.1f} s")
+
+        attempt("shipped", lambda: case_shipped(cfg, paths))
+        if {"resnet19", "linearity"} & set(wanted):
+            t0 = time.perf_counter()
+            try:
+                r19 = build_resnet19(cfg)
+                log(f"ResNet-19 built, calibrated and folded in {time.perf_counter() - t0:.1f} s")
+            except Exception as e:
+                traceback.print_exc()
+                R["errors"]["resnet19 build"] = f"{type(e).__name__}: {e}"
+        if r19 is not None:
+            attempt("resnet19", lambda: case_resnet19(cfg, r19))
+        attempt("kernels", lambda: case_kernels(cfg))
+        if r19 is not None:
+            attempt("linearity", lambda: case_linearity(cfg, r19))
+        attempt("memory", lambda: case_memory(cfg, paths, r19["network"] if r19 else None))
+        attempt("startup", lambda: case_startup(cfg, paths))
+        attempt("scaling", lambda: case_scaling(cfg, R["cases"]))
+    finally:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        meta["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:
+        pass
+    meta["load_average_end"] = list(os.getloadavg())
+    meta["suite_s"] = time.perf_counter() - t_start
+    R = jsonable(R)
+    R["targets"] = evaluate_targets(R)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(json_out, "w") as f:
+        json.dump(R, f, indent=1)
+    text = write_markdown(R, out)
+    print(text)
+    log(f"wrote {out} and {json_out} in {meta['suite_s']:.0f} s")
+    return 0 if not R["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
