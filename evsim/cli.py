@@ -252,6 +252,7 @@ def info(weights, as_json):
 @click.option("--tmpr", type=float, default=0.0, show_default=True, help="TMPR lambda (0 = off; paper: 0.05 static).")
 @click.option("--rate-reg", type=float, default=0.0, show_default=True,
               help="Weight of the mean firing rate in the loss: sparser spikes, fewer operations (0 = off).")
+@click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm to this value.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training images.")
 @click.option("--test-limit", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")

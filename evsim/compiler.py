@@ -42,6 +42,17 @@ class ConvGeometry:
     stride: tuple[int, int]
     padding: tuple[int, int]
 
+    def offset_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """row_map[y, ky]: the output row input row y reaches through kernel row ky, or -1
+        (outside the map, or between strides); col_map[x, kx] likewise. int32."""
+        def one(n_in, k, stride, pad, n_out):
+            num = np.arange(n_in)[:, None] + pad - np.arange(k)[None, :]
+            out = np.where(num >= 0, num // stride, -1)
+            ok = (num >= 0) & (num % stride == 0) & (out < n_out)
+            return np.where(ok, out, -1).astype(np.int32)
+        return (one(self.h_in, self.kernel[0], self.stride[0], self.padding[0], self.h_out),
+                one(self.w_in, self.kernel[1], self.stride[1], self.padding[1], self.w_out))
+
     def valid_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """How many output rows (cols) each kernel row (col) offset reaches inside the map."""
         def count(k, stride, pad, n_in, n_out):
@@ -296,6 +307,7 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             else:
                 cp.mode = "conv"
                 cp.arrays.update(kernel_csr(pr.weight, dt))
+                cp.arrays["row_map"], cp.arrays["col_map"] = geom.offset_maps()
         if pr.bias is not None:
             if tgt < 0:
                 readout_bias += pr.bias

@@ -164,8 +164,8 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> Simul
         if cp.mode == "conv":
             gm = cp.geometry
             K.scatter_conv(ei, es, ec, gm.c_in, gm.w_in, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"],
-                           a["tap_nnz"], gm.stride[0], gm.stride[1], gm.padding[0], gm.padding[1],
-                           gm.h_out, gm.w_out, acc2d.reshape(N, gm.h_out * gm.w_out, gm.c_out), syn_ops[pi])
+                           a["tap_nnz"], a["row_map"], a["col_map"], gm.w_out,
+                           acc2d.reshape(N, gm.h_out * gm.w_out, gm.c_out), syn_ops[pi])
         elif cp.mode == "csr":
             K.scatter_csr(ei, es, ec, a["indptr"], a["indices"], a["data"], acc2d, syn_ops[pi])
         else:

@@ -37,42 +37,33 @@ _OPTS = dict(cache=True, nogil=True, fastmath=False, parallel=True, boundscheck=
 
 @njit(**_OPTS)
 def scatter_conv(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, tap_nnz,
-                 stride_y, stride_x, pad_y, pad_x, h_out, w_out, acc, syn_ops):
+                 row_map, col_map, w_out, acc, syn_ops):
     """Scatter events through a weight-shared conv kernel.
 
     ``tap_ptr[ci]:tap_ptr[ci+1]`` are the non-zero taps of input channel
     ``ci``: offsets ``(tap_y, tap_x)``, the weight vector over output
     channels ``tap_w[k, :]`` and its count of non-zero weights ``tap_nnz[k]``.
-    An event at ``(y, x, ci)`` reaches output ``(oy, ox)`` through tap
-    ``(ky, kx)`` when ``oy * stride - pad + ky == y``; taps falling outside
-    the output map are skipped and not counted.
+    ``row_map[y, ky]`` is the output row an input row ``y`` reaches through
+    kernel row ``ky`` (``-1`` where it falls outside the map or between
+    strides), ``col_map[x, kx]`` likewise: stride, padding and borders are
+    resolved at compile time, so the hot loop does no division. Taps that
+    reach nothing are skipped and not counted.
     """
     n_samples = ev_cnt.shape[0]
     c_out = tap_w.shape[1]
-    unit_stride = stride_y == 1 and stride_x == 1
     for n in prange(n_samples):
         ops = 0
         for e in range(ev_cnt[n]):
             idx = ev_idx[n, e]
-            ci = idx % c_in
             p = idx // c_in
+            ci = idx - p * c_in
             y = p // w_in
             x = p - y * w_in
             positive = ev_sign[n, e] > 0
             for k in range(tap_ptr[ci], tap_ptr[ci + 1]):
-                ny = y + pad_y - tap_y[k]
-                nx = x + pad_x - tap_x[k]
-                if ny < 0 or nx < 0:
-                    continue
-                if unit_stride:  # skip the integer divisions of the common case
-                    oy = ny
-                    ox = nx
-                else:
-                    oy = ny // stride_y
-                    ox = nx // stride_x
-                    if oy * stride_y != ny or ox * stride_x != nx:
-                        continue
-                if oy >= h_out or ox >= w_out:
+                oy = row_map[y, tap_y[k]]
+                ox = col_map[x, tap_x[k]]
+                if oy < 0 or ox < 0:
                     continue
                 q = oy * w_out + ox
                 if positive:
@@ -132,40 +123,57 @@ def fire_and_advance(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive,
     before its synaptic input: leak (and, for CTSN, the complemental term)
     plus ``drive`` (folded biases and the direct-encoded input current).
     All arrays are flat per sample: ``v, h, drive: (N, n)``.
+
+    Two passes per sample: a branch-free update over all neurons (one loop
+    per model, so each compiles to vector code) that writes the dense spike
+    frame into ``ev_sign``, then a scan that compacts it in place into the
+    event queue (the write position never passes the read position).
     """
     n_samples, n_neurons = v.shape
-    ternary = model != LIF_BINARY
-    ctsn = model == CTSN_STATIC or model == CTSN_EVENT
     zero = tau - tau  # a zero of the state's own float type
     for n in prange(n_samples):
-        cnt = 0
         pos = 0
         neg = 0
-        for i in range(n_neurons):
-            u = v[n, i]
-            if u >= v_th:
-                ev_idx[n, cnt] = i
-                ev_sign[n, cnt] = 1
-                cnt += 1
-                pos += 1
-                u = zero
-            elif ternary and u <= -v_th:
-                ev_idx[n, cnt] = i
-                ev_sign[n, cnt] = -1
-                cnt += 1
-                neg += 1
-                u = zero
-            u = tau * u
-            if ctsn:
+        if model == LIF_BINARY:
+            for i in range(n_neurons):
+                u = v[n, i]
+                p = u >= v_th
+                ev_sign[n, i] = p
+                pos += p
+                v[n, i] = tau * (zero if p else u) + drive[n, i]
+        elif model == CTSN_STATIC or model == CTSN_EVENT:
+            static = model == CTSN_STATIC
+            for i in range(n_neurons):
+                u = v[n, i]
+                p = u >= v_th
+                m = u <= -v_th
+                ev_sign[n, i] = np.int8(p) - np.int8(m)
+                pos += p
+                neg += m
+                u = tau * (zero if (p or m) else u)
                 hp = h[n, i]
-                if model == CTSN_STATIC:
+                if static:
                     hn = k_alpha * max(hp, zero) + k_beta * min(hp, zero) + k_gamma * u
                 else:
                     hn = k_alpha * hp + k_beta * max(u, zero) + k_gamma * min(u, zero)
                 h[n, i] = hn
                 v[n, i] = hn + drive[n, i]
-            else:
-                v[n, i] = u + drive[n, i]
+        else:
+            for i in range(n_neurons):
+                u = v[n, i]
+                p = u >= v_th
+                m = u <= -v_th
+                ev_sign[n, i] = np.int8(p) - np.int8(m)
+                pos += p
+                neg += m
+                v[n, i] = tau * (zero if (p or m) else u) + drive[n, i]
+        cnt = 0
+        for i in range(n_neurons):
+            sg = ev_sign[n, i]
+            if sg != 0:
+                ev_idx[n, cnt] = i
+                ev_sign[n, cnt] = sg
+                cnt += 1
         ev_cnt[n] = cnt
         n_pos[n] += pos
         n_neg[n] += neg

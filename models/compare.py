@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip, same for every variant")
     ap.add_argument("--train-limit", type=int, default=None, help="first N training images only (smoke runs)")
     ap.add_argument("--out", default="models/comparison")
     ap.add_argument("--retrain", action="store_true", help="train again even where a checkpoint exists")
@@ -98,7 +99,7 @@ def main():
         for seed in args.seeds:
             cfg = TrainConfig(arch=args.arch, neuron=neuron, width=args.width, timesteps=args.timesteps,
                               epochs=args.epochs, batch_size=args.batch_size, tmpr=tmpr, seed=seed,
-                              threads=args.threads, train_limit=args.train_limit)
+                              threads=args.threads, train_limit=args.train_limit, grad_clip=args.grad_clip)
             tag = f"{neuron}{'-tmpr' if tmpr else ''}-s{seed}"
             ckpt = out / "runs" / f"{tag}.pt"
             t0 = time.perf_counter()
@@ -117,7 +118,7 @@ def main():
             rows.append(m)
             print(json.dumps({k: v for k, v in m.items() if k != "per_population_rate"}), flush=True)
     cmd = ("python models/compare.py --arch {a.arch} --width {a.width} --timesteps {a.timesteps} --epochs {a.epochs} "
-           "--batch-size {a.batch_size} --seeds {s}").format(a=args, s=" ".join(map(str, args.seeds)))
+           "--batch-size {a.batch_size} --grad-clip {a.grad_clip} --seeds {s}").format(a=args, s=" ".join(map(str, args.seeds)))
     if args.train_limit:
         cmd += f" --train-limit {args.train_limit}"
     doc = {"command": cmd, "date": date.today().isoformat(), "machine": platform.machine(), "rows": rows}
@@ -141,7 +142,7 @@ def render(doc, args) -> str:
         f"Command: `{doc['command']}` (run on {doc['date']}, {doc['machine']}).",
         "",
         f"Architecture `{args.arch}` width {args.width}, T = {args.timesteps}, {args.epochs} epochs, batch "
-        f"{args.batch_size}, SGD lr 0.1 momentum 0.9 wd 1e-4 cosine; seeds {', '.join(map(str, args.seeds))}"
+        f"{args.batch_size}, SGD lr 0.1 momentum 0.9 wd 1e-4 cosine, gradient norm clipped at {args.grad_clip}; seeds {', '.join(map(str, args.seeds))}"
         f"{'; first ' + str(args.train_limit) + ' training images only' if args.train_limit else '; all 60 000 training images'}."
         " Accuracy on all 10 000 test images, measured by the evsim engine (float64) on the exported file;"
         " operation counts and energy (45nm-fp32: 0.9 pJ/AC, 4.6 pJ/MAC) per test image. Mean ± std over seeds"

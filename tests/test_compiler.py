@@ -172,3 +172,20 @@ def test_compile_rejects_unknown_options():
         compile_network(net, dtype="float16")
     with pytest.raises(NetworkError, match="unknown conv mode 'im2col'"):
         compile_network(net, conv_mode="im2col")
+
+
+@SETTINGS
+@given(conv_cases())
+def test_offset_maps_match_the_conv_definition(case):
+    """row_map[y, ky] = oy exactly when oy * stride - pad + ky == y inside the output map (else -1)."""
+    _, geom, _ = case
+    row_map, col_map = geom.offset_maps()
+    for table, n_in, k, s, p, n_out in ((row_map, geom.h_in, geom.kernel[0], geom.stride[0], geom.padding[0],
+                                         geom.h_out),
+                                        (col_map, geom.w_in, geom.kernel[1], geom.stride[1], geom.padding[1],
+                                         geom.w_out)):
+        assert table.shape == (n_in, k) and table.dtype == np.int32
+        for y in range(n_in):
+            for ky in range(k):
+                hits = [o for o in range(n_out) if o * s - p + ky == y]
+                assert table[y, ky] == (hits[0] if hits else -1)

@@ -9,7 +9,7 @@ import networks
 import reference
 from conftest import ENCODINGS, MODELS, NETWORKS, case, ternary
 from evsim import compile_network, kernels as K, run, simulate
-from evsim.compiler import kernel_csr, to_channels_last
+from evsim.compiler import ConvGeometry, kernel_csr, to_channels_last
 from evsim.graph import INPUT, Network, Population, Projection
 from evsim.neurons import NEURON_MODELS
 
@@ -217,8 +217,9 @@ def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad):
     acc0 = rng.normal(size=(n, ho * wo, c_out)).astype(dt)
     acc = acc0.copy()
     ops = np.full(n, 5, dtype=np.int64)                    # counters accumulate
+    row_map, col_map = ConvGeometry(c_in, h, w, c_out, ho, wo, k, stride, pad).offset_maps()
     K.scatter_conv(idx, sign, cnt, c_in, w, taps["tap_ptr"], taps["tap_y"], taps["tap_x"], taps["tap_w"],
-                   taps["tap_nnz"], stride[0], stride[1], pad[0], pad[1], ho, wo, acc, ops)
+                   taps["tap_nnz"], row_map, col_map, wo, acc, ops)
     expected = np.stack([reference.conv2d(frame[i].astype(float), wt, stride, pad) for i in range(n)])
     expected = acc0 + expected.reshape(n, c_out, ho * wo).transpose(0, 2, 1)
     np.testing.assert_allclose(acc, expected, **_tol(dt))

@@ -38,6 +38,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     tmpr: float = 0.0          # lambda of TMPR; 0 turns it off (0.05 static, 0.01 event data)
     rate_reg: float = 0.0      # weight of the mean firing rate in the loss (sparser spikes); 0 = off
+    grad_clip: float | None = None   # clip the global gradient norm (learnable amplitudes feeding a readout
+                                     # without BatchNorm can otherwise diverge at lr 0.1)
     seed: int = 0
     dataset: str = "fashion-mnist"
     train_limit: int | None = None   # use only the first N training images (tests, smoke runs)
@@ -162,6 +164,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                     loss = loss + cfg.rate_reg * torch.stack([m.rate for m in neurons]).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
                 seen += len(idx)
