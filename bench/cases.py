@@ -378,8 +378,9 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
     idx, sign, cnt = _events(rng, n_samples, hw * hw * c_in, density)
     acc = np.zeros((n_samples, hw * hw, c_out), np.float32)
     ops = np.zeros(n_samples, np.int64)
+    row_map, col_map = ConvGeometry(c_in, hw, hw, c_out, hw, hw, (3, 3), (1, 1), (1, 1)).offset_maps()
     args = (idx, sign, cnt, c_in, hw, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"], a["tap_nnz"],
-            1, 1, 1, 1, hw, hw, acc, ops)
+            row_map, col_map, hw, acc, ops)
     K.scatter_conv(*args)
     ops[:] = 0
     K.scatter_conv(*args)
@@ -440,8 +441,9 @@ def case_kernels(cfg: dict) -> dict:
             cnt = np.zeros(n, np.int64)
             acc = np.zeros((n, 32 * 32, 128), np.float32)
             ops = np.zeros(n, np.int64)
+            rm, cm = ConvGeometry(128, 32, 32, 128, 32, 32, (3, 3), (1, 1), (1, 1)).offset_maps()
             args = (idx, sign, cnt, 128, 32, w1["tap_ptr"], w1["tap_y"], w1["tap_x"], w1["tap_w"], w1["tap_nnz"],
-                    1, 1, 1, 1, 32, 32, acc, ops)
+                    rm, cm, 32, acc, ops)
             K.scatter_conv(*args)
             reps = []
             for _ in range(5):
