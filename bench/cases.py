@@ -201,7 +201,10 @@ def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
 
     def w(*a):
         # c_in, c_out, h_out, stride, taps per input channel (9 for 3x3, 1 for the 1x1 shortcuts)
-        key = (int(a[3]), int(a[8].shape[1]), int(a[14]), int(a[11]), round(len(a[6]) / int(a[3])))
+        # args: ..., tap_w (8), row_map (10), col_map (11), w_out (12), acc (13), syn_ops (14)
+        w_out = int(a[12])
+        key = (int(a[3]), int(a[8].shape[1]), int(a[13].shape[1]) // w_out, round(int(a[4]) / w_out),
+               round(len(a[6]) / int(a[3])))
         ops = a[-1]
         before = int(ops.sum())
         t0 = time.perf_counter()

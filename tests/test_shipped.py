@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from evsim.cli import main
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "fmnist-resnet8-ternary-e4"   # the README's model
+MODEL = Path(__file__).resolve().parent.parent / "models" / "fmnist-resnet8-ternary"   # the README's model
 
 
 def invoke(*args):
