@@ -15,11 +15,13 @@ authors' code where V_th = 1 and spikes fire at half of it.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(nn.Module, abc.ABC):
     """Base class: holds T, the amplitude ``a`` and optional recordings.
 
     ``model_name`` is the name of the same neuron model in the file format.
@@ -73,9 +75,9 @@ class SpikingNeuron(nn.Module):
         out = spikes * self.amplitude.to(spikes.dtype)
         return out.reshape(x.shape)
 
+    @abc.abstractmethod
     def run(self, xs: torch.Tensor) -> torch.Tensor:
         """Step the dynamics over xs (T, B, ...) and return the pure spikes b (T, B, ...)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define its dynamics")
 
 
 class TernaryLIF(SpikingNeuron):
