@@ -147,11 +147,18 @@ def from_channels_last(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 # --------------------------------------------------------------- CSR builders
-def linear_csr(weight: np.ndarray, source_shape, target_shape, dtype) -> sp.csr_matrix:
-    """Rows = presynaptic neurons, columns = targets, both channels-last; zeros dropped."""
+def linear_weight_cl(weight: np.ndarray, source_shape, target_shape) -> np.ndarray:
+    """A linear weight (n_target, n_source) with both axes in channels-last order
+    (``target_shape`` None: the readout, already flat)."""
     w = weight[:, cl_permutation(tuple(source_shape))]
     if target_shape is not None:
         w = w[cl_permutation(tuple(target_shape)), :]
+    return w
+
+
+def linear_csr(weight: np.ndarray, source_shape, target_shape, dtype) -> sp.csr_matrix:
+    """Rows = presynaptic neurons, columns = targets, both channels-last; zeros dropped."""
+    w = linear_weight_cl(weight, source_shape, target_shape)
     m = sp.csr_matrix(np.ascontiguousarray(w.T).astype(dtype))
     m.eliminate_zeros()
     m.sort_indices()
@@ -282,9 +289,7 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             cp.dense_macs = int(pr.weight.size)
             if pr.source == INPUT and network.encoding == "direct":
                 cp.mode = "dense"
-                w = pr.weight[:, cl_permutation(src_shape)]
-                if tgt_shape is not None:
-                    w = w[cl_permutation(tgt_shape), :]
+                w = linear_weight_cl(pr.weight, src_shape, tgt_shape)
                 cp.arrays["weight_t"] = np.ascontiguousarray(w.T.astype(dt))   # (n_src_cl, n_tgt_cl)
                 cp.direct_macs = int(np.count_nonzero(pr.weight))
             else:
@@ -312,9 +317,10 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             if tgt < 0:
                 readout_bias += pr.bias
             else:
-                b = pr.bias if pr.kind == "linear" else np.repeat(pr.bias[None, :], cpops[tgt].positions, 0).ravel()
-                if pr.kind == "linear" and tgt_shape is not None:
+                if pr.kind == "linear":      # one bias per target neuron, PyTorch order
                     b = pr.bias[cl_permutation(tgt_shape)]
+                else:                        # one bias per output channel, at every position
+                    b = np.tile(pr.bias, cpops[tgt].positions)
                 cpops[tgt].bias += b.astype(dt)
         i = len(cprojs)
         cprojs.append(cp)

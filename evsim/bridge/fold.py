@@ -128,7 +128,7 @@ def _compose_affine(ops, shape):
     return w, b
 
 
-def _projection(name, cur: _Cursor, target: str, network_encoding: str):
+def _projection(name, cur: _Cursor, target: str):
     """Turn the cursor's pending ops into one projection into ``target``."""
     ops = [(n, m) for n, m in cur.pending if not isinstance(m, (nn.Identity, nn.Dropout))]
     if not ops:
@@ -173,7 +173,7 @@ def fold_model(model: SpikingNet, class_names=None, input_range=None, provenance
     cur = _Cursor(INPUT, tuple(model.input_shape), 1.0)
 
     def close(neuron_name, neuron, cursor):
-        pr, shape = _projection(neuron_name, cursor, neuron_name, model.encoding)
+        pr, shape = _projection(neuron_name, cursor, neuron_name)
         projs.append(pr)
         pops.append(_neuron_population(neuron_name, neuron, shape))
         return _Cursor(neuron_name, shape, float(neuron.amplitude.detach().double().item()))
@@ -200,7 +200,7 @@ def fold_model(model: SpikingNet, class_names=None, input_range=None, provenance
             else:
                 sc = [(f"{name}.shortcut.{i}", mm) for i, mm in m.shortcut.named_children()]
                 pr, shape = _projection(f"{name}.shortcut", _Cursor(block_in.source, block_in.shape,
-                                                                    block_in.amplitude, sc), out, model.encoding)
+                                                                    block_in.amplitude, sc), out)
                 pr.name = f"{name}.shortcut"
                 if shape != cur.shape:
                     raise NetworkError(f"{name}: shortcut output {shape} does not match the block output {cur.shape}")
@@ -211,7 +211,7 @@ def fold_model(model: SpikingNet, class_names=None, input_range=None, provenance
             raise NetworkError(f"{name}: layer type {type(m).__name__} cannot be exported")
     if not cur.pending:
         raise NetworkError("the network must end in a Linear readout after its last neuron layer")
-    pr, _ = _projection("readout", cur, READOUT, model.encoding)
+    pr, _ = _projection("readout", cur, READOUT)
     if pr.kind != "linear":
         raise NetworkError("the readout must be a Linear layer")
     projs.append(pr)
