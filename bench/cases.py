@@ -15,7 +15,7 @@ import numpy as np
 
 import evsim
 from evsim import kernels as K
-from evsim.compiler import ConvGeometry, conv_explicit_nnz, conv_geometry, kernel_csr
+from evsim.compiler import CHANNEL_MAJOR_WEIGHT_BYTES, ConvGeometry, conv_explicit_nnz, conv_geometry, row_kernel
 from evsim.engine import run as evsim_run
 from evsim.reports import build_report
 
@@ -37,13 +37,6 @@ def dense_work(net) -> int:
     (every projection every step, except a direct-input projection, once)."""
     T = net.network.timesteps
     return int(sum(cp.dense_macs * (1 if cp.mode == "dense" else T) for cp in net.projections))
-
-
-def kernel_calls(net) -> int:
-    """Numba kernel calls per batch: every step, one scatter per event-driven projection and one update
-    per population (whatever the batch size)."""
-    T = net.network.timesteps
-    return int(T * (len(net.projections) - len(net.direct) + len(net.populations)))
 
 
 def activity(net, result) -> dict:
@@ -146,11 +139,15 @@ def explain_speed(act: dict, cmp: dict, th: int) -> dict:
 
 
 def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
-    """Where a run's time goes: wall time per kernel (and the dense direct-input current),
-    measured by wrapping the engine's calls; the rest is the Python time loop and allocation."""
+    """Where a run's time goes: wall time per kernel (and the dense direct-input current).
+
+    The fused driver runs a whole batch in one call, so this times the engine's
+    step-by-step path (``fused=False``: the same per-sample kernels, one batch
+    call per projection and population and step) by wrapping its calls; the rest
+    is the Python time loop and allocation."""
     import evsim.engine as E
-    names = ["scatter_conv", "scatter_csr", "scatter_identity", "fire_and_advance", "collect_events",
-             "events_to_dense"]
+    names = ["scatter_conv_rows", "scatter_conv", "scatter_csr", "scatter_identity", "fire_and_advance",
+             "collect_events", "events_to_dense"]
     acc = {n: 0.0 for n in names + ["direct_current (NumPy im2col + matmul)", "check_input"]}
     calls = {n: 0 for n in acc}
     saved_k = {n: getattr(K, n) for n in names}
@@ -170,14 +167,14 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
             setattr(K, n, wrap(n, saved_k[n]))
         E._direct_current = wrap("direct_current (NumPy im2col + matmul)", saved_e["_direct_current"])
         E.check_input = wrap("check_input", saved_e["check_input"])
-        evsim_run(net, x[:batch], batch_size=batch)        # warm
+        evsim_run(net, x[:batch], batch_size=batch, fused=False)        # warm
         for k in acc:
             acc[k] = 0.0
             calls[k] = 0
         t0 = time.perf_counter()
         n_done = 0
         for i in range(0, len(x) - batch + 1, batch):
-            evsim_run(net, x[i:i + batch], batch_size=batch)
+            evsim_run(net, x[i:i + batch], batch_size=batch, fused=False)
             n_done += batch
         total = time.perf_counter() - t0
     finally:
@@ -194,17 +191,17 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
 
 
 def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
-    """Wall time of the conv scatter per layer shape (1 thread), wrapping the kernel; median over ``reps`` runs."""
-    orig = K.scatter_conv
+    """Wall time of the conv scatter per layer shape (1 thread, step-by-step path, wrapping the
+    row kernel); median over ``reps`` runs."""
+    orig = K.scatter_conv_rows
     acc = {}
     secs = {}
 
     def w(*a):
-        # c_in, c_out, h_out, stride, taps per input channel (9 for 3x3, 1 for the 1x1 shortcuts)
-        # args: ..., tap_w (8), row_map (10), col_map (11), w_out (12), acc (13), syn_ops (14)
-        w_out = int(a[12])
-        key = (int(a[3]), int(a[8].shape[1]), int(a[13].shape[1]) // w_out, round(int(a[4]) / w_out),
-               round(len(a[6]) / int(a[3])))
+        # args: ev_idx 0, ev_sign 1, ev_cnt 2, c_in 3, w_in 4, kh 5, kw 6, row_map 7, col_plan 8, w_out 9,
+        #       c_out 10, row_w 11, row_nnz_cum 12, has_zeros 13, acc 14, syn_ops 15
+        c_in, w_in, kh, kw, w_out, c_out = (int(a[i]) for i in (3, 4, 5, 6, 9, 10))
+        key = (c_in, c_out, int(a[14].shape[1]) // (w_out * c_out), round(w_in / w_out), kh * kw)
         ops = a[-1]
         before = int(ops.sum())
         t0 = time.perf_counter()
@@ -212,22 +209,22 @@ def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
         dt = time.perf_counter() - t0
         r = acc.setdefault(key, {"c_in": key[0], "c_out": key[1], "map": key[2], "stride": key[3],
                                  "taps_per_channel": key[4], "events": 0, "synaptic_ops": 0, "calls": 0,
-                                 "weights_mib": a[8].nbytes / 2**20})
+                                 "weights_mib": a[11].nbytes / 2**20})
         secs.setdefault(key, [0.0] * reps)[run_no[0]] += dt
         if run_no[0] == 0:
             r["events"] += int(a[2].sum())
             r["synaptic_ops"] += int(ops.sum()) - before
             r["calls"] += 1
     set_threads(1)
-    evsim_run(net, x, batch_size=len(x))
+    evsim_run(net, x, batch_size=len(x), fused=False)
     run_no = [0]
     try:
-        K.scatter_conv = w
+        K.scatter_conv_rows = w
         for i in range(reps):
             run_no[0] = i
-            evsim_run(net, x, batch_size=len(x))
+            evsim_run(net, x, batch_size=len(x), fused=False)
     finally:
-        K.scatter_conv = orig
+        K.scatter_conv_rows = orig
     rows = []
     for key, r in acc.items():
         r["seconds"] = summarize(secs[key])
@@ -290,7 +287,6 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     best1 = cmp["best"][1]["evsim"]["batch"] if 1 in cmp["best"] else 64
     prof = profile_evsim(net, x[:max(best1, cfg["min_samples"], 2 * best1)], best1)
     return {"weights": str(paths["weights"]), "checkpoint": str(paths["checkpoint"]),
-            "kernel_calls_per_batch": kernel_calls(net),
             "notes": paths.get("notes", []), "architecture": ckpt.get("config", {}),
             "timesteps": network.timesteps, "input_shape": list(network.input_shape),
             "compiled_nbytes": net.nbytes, "comparison": cmp,
@@ -304,24 +300,23 @@ def build_resnet19(cfg: dict) -> dict:
     from evsim.bridge.fold import fold_model
     from evsim.bridge.models import build_model
 
-    from synthetic import calibrate, check_model_shape
+    from synthetic import calibrate_layers
 
     torch.manual_seed(cfg["seed"])
     model = build_model("resnet19", width=128, in_channels=3, image_size=32, timesteps=4).eval()
-    check_model_shape(model)
     rng = np.random.default_rng(cfg["seed"])
     x_cal = torch.from_numpy(rng.random((cfg["r19_calib_samples"], 3, 32, 32), dtype=np.float32))
     set_threads(max(cfg["threads"]))
     t0 = time.perf_counter()
-    cal = calibrate(model, x_cal, cfg["r19_target_rate"], cfg["r19_bn_std"])
+    cal = calibrate_layers(model, x_cal, cfg["r19_target_rate"], cfg["r19_bn_std"])
     cal["seconds"] = time.perf_counter() - t0
-    log(f"case 2: calibrated BN shift {cal['shift']:.4f} -> rate {cal['rate'] * 100:.1f}% "
-        f"on {cal['samples']} samples ({cal['seconds']:.1f} s)")
+    log(f"case 2: calibrated every layer to {cal['target'] * 100:.1f}% (overall {cal['rate'] * 100:.1f}%) "
+        f"on {cal['samples']} samples, {cal['passes']} passes ({cal['seconds']:.1f} s)")
     t0 = time.perf_counter()
     network = fold_model(model, input_range=(0.0, 1.0))
     fold_s = time.perf_counter() - t0
     log(f"case 2: fold_model took {fold_s:.1f} s")
-    return {"model": model, "network": network, "calibration": cal, "fold_s": fold_s}
+    return {"model": model, "network": network, "calibration": cal, "fold_s": fold_s, "x_cal": x_cal}
 
 
 def case_resnet19(cfg: dict, r19: dict) -> dict:
@@ -355,19 +350,22 @@ def case_resnet19(cfg: dict, r19: dict) -> dict:
              "output_scale": float(np.abs(out_f).max())}
     cal = dict(r19["calibration"])
     return {"calibration": cal, "fold_s": r19["fold_s"], "compiled_nbytes": net.nbytes,
-            "kernel_calls_per_batch": kernel_calls(net),
             "comparison": cmp, "ratios": ratios(cmp, threads, cfg["r19_batches"]), "activity": act,
             "agreement": agree, "explain": {th: explain_speed(act, cmp, th) for th in threads}}
 
 
 # ============================================== case 3: synaptic kernel rate
-def _events(rng, n_samples, n_neurons, density):
-    """Events as fire_and_advance emits them: ascending flat index, random sign."""
+def _events(rng, n_samples, c_in, hw, density, channel_major):
+    """Events as the engine's ``fire`` emits them: memory order (channels-last index ascending), or
+    channel by channel when the layer's weights exceed the compiler's cache threshold; random signs."""
+    n_neurons = hw * hw * c_in
     idx = np.zeros((n_samples, n_neurons), np.int32)
     sign = np.zeros((n_samples, n_neurons), np.int8)
     cnt = np.zeros(n_samples, np.int64)
     for n in range(n_samples):
         ii = np.nonzero(rng.random(n_neurons) < density)[0]
+        if channel_major:
+            ii = ii[np.lexsort((ii // c_in, ii % c_in))]
         idx[n, :len(ii)] = ii
         sign[n, :len(ii)] = rng.choice(np.array([-1, 1], np.int8), len(ii))
         cnt[n] = len(ii)
@@ -375,45 +373,50 @@ def _events(rng, n_samples, n_neurons, density):
 
 
 def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dict:
+    """The engine's conv kernel (``scatter_conv_rows``) on one 3x3 stride-1 layer, the same call repeated."""
     set_threads(threads)
     w = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)
-    a = kernel_csr(w, np.float32)
-    idx, sign, cnt = _events(rng, n_samples, hw * hw * c_in, density)
-    acc = np.zeros((n_samples, hw * hw, c_out), np.float32)
+    geom = ConvGeometry(c_in, hw, hw, c_out, hw, hw, (3, 3), (1, 1), (1, 1))
+    a = row_kernel(w, geom, np.float32)
+    channel_major = a["row_w"].nbytes > CHANNEL_MAJOR_WEIGHT_BYTES
+    idx, sign, cnt = _events(rng, n_samples, c_in, hw, density, channel_major)
+    acc = np.zeros((n_samples, hw * hw * c_out), np.float32)
     ops = np.zeros(n_samples, np.int64)
-    row_map, col_map = ConvGeometry(c_in, hw, hw, c_out, hw, hw, (3, 3), (1, 1), (1, 1)).offset_maps()
-    args = (idx, sign, cnt, c_in, hw, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"], a["tap_nnz"],
-            row_map, col_map, hw, acc, ops)
-    K.scatter_conv(*args)
+    row_map = geom.offset_maps()[0]
+    args = (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["row_nnz_cum"],
+            bool(a["has_zeros"]), acc, ops)
+    K.scatter_conv_rows(*args)
     ops[:] = 0
-    K.scatter_conv(*args)
+    K.scatter_conv_rows(*args)
     n_ops = int(ops.sum())
-    taps = n_ops / c_out        # taps applied inside the map (every weight is non-zero here)
-    st = time_calls(lambda: K.scatter_conv(*args), reps, warmup=0)
+    st = time_calls(lambda: K.scatter_conv_rows(*args), reps, warmup=0)
+    runs = int(cnt.sum()) * 3          # (event, kernel row) runs, borders aside
     return {"c_in": c_in, "c_out": c_out, "map": hw, "density": density, "samples": n_samples, "threads": threads,
-            "weights_mib": a["tap_w"].nbytes / 2**20, "accumulator_mib_per_sample": acc[0].nbytes / 2**20,
+            "event_order": "channel by channel" if channel_major else "memory order",
+            "weights_mib": a["row_w"].nbytes / 2**20, "accumulator_mib_per_sample": acc[0].nbytes / 2**20,
             "events_per_sample": float(cnt.mean()), "syn_ops_per_call": n_ops, "seconds": st,
             # each addition reads a 4-byte weight and reads + writes a 4-byte accumulator
             "gbytes_per_s_moved": 12 * n_ops / st["median"] / 1e9,
             "gadds_per_s": n_ops / st["median"] / 1e9,
             "gadds_per_s_min": n_ops / st["max"] / 1e9, "gadds_per_s_max": n_ops / st["min"] / 1e9,
-            "ns_per_tap": st["median"] / taps * 1e9, "ns_per_add": st["median"] / n_ops * 1e9}
+            "ns_per_event": st["median"] / max(1, int(cnt.sum())) * 1e9,
+            "ns_per_row_run": st["median"] / max(1, runs) * 1e9, "ns_per_add": st["median"] / n_ops * 1e9}
 
 
 def case_kernels(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    log("case 3: scatter_conv synaptic additions per second")
+    log("case 3: conv scatter (scatter_conv_rows) synaptic additions per second")
     rng = np.random.default_rng(cfg["seed"])
     rows = []
     for c_out in cfg["kern_cout"]:
         r = scatter_rate(rng, 128, c_out, 32, 0.10, cfg["kern_samples"], 1, cfg["kern_reps"])
         rows.append(r)
-        log(f"case 3: 128->{c_out}, 1 thread: {r['gadds_per_s']:.2f} G additions/s ({r['ns_per_tap']:.2f} ns per tap)")
-    # per-tap overhead: time per tap = c0 + c1 * C_out (least squares)
-    co = np.array([r["c_out"] for r in rows], float)
-    tt = np.array([r["ns_per_tap"] for r in rows], float)
+        log(f"case 3: 128->{c_out}, 1 thread: {r['gadds_per_s']:.2f} G additions/s ({r['ns_per_row_run']:.2f} ns per row run)")
+    # cost of one (event, kernel row) run: c0 + c1 * (3 * C_out) additions (least squares)
+    co = np.array([3 * r["c_out"] for r in rows], float)
+    tt = np.array([r["ns_per_row_run"] for r in rows], float)
     c1, c0 = np.polyfit(co, tt, 1) if len(rows) >= 2 else (float("nan"), float("nan"))
     # the same 128->128 layer at other event densities: does an addition cost the same at any density?
     dens = []
@@ -427,35 +430,12 @@ def case_kernels(cfg: dict) -> dict:
         r = scatter_rate(rng, c_in, c_out, hw, 0.10, cfg["kern_samples"], 1, cfg["kern_reps"])
         shapes.append(r)
         log(f"case 3: {c_in}->{c_out} on {hw}x{hw}: {r['gadds_per_s']:.2f} G additions/s "
-            f"(weights {r['weights_mib']:.1f} MiB)")
+            f"(weights {r['weights_mib']:.1f} MiB, {r['event_order']})")
     two = None
     if max(cfg["threads"]) >= 2:
         two = scatter_rate(rng, 128, 128, 32, 0.10, 2 * cfg["kern_samples"], 2, cfg["kern_reps"])
         one = scatter_rate(rng, 128, 128, 32, 0.10, 2 * cfg["kern_samples"], 1, cfg["kern_reps"])
         two["speedup_vs_1_thread"] = two["gadds_per_s"] / one["gadds_per_s"]
-    # fixed cost of one kernel call (no events): the engine makes T x (projections + populations) calls per batch
-    overhead = []
-    for th in sorted(set(cfg["threads"])):
-        set_threads(th)
-        w1 = kernel_csr(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), np.float32)
-        for n in sorted({1, 2, th}):
-            idx = np.zeros((n, 8), np.int32)
-            sign = np.ones((n, 8), np.int8)
-            cnt = np.zeros(n, np.int64)
-            acc = np.zeros((n, 32 * 32, 128), np.float32)
-            ops = np.zeros(n, np.int64)
-            rm, cm = ConvGeometry(128, 32, 32, 128, 32, 32, (3, 3), (1, 1), (1, 1)).offset_maps()
-            args = (idx, sign, cnt, 128, 32, w1["tap_ptr"], w1["tap_y"], w1["tap_x"], w1["tap_w"], w1["tap_nnz"],
-                    rm, cm, 32, acc, ops)
-            K.scatter_conv(*args)
-            reps = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                for _ in range(200):
-                    K.scatter_conv(*args)
-                reps.append((time.perf_counter() - t0) / 200)
-            overhead.append({"threads": th, "samples": n, "us_per_call": summarize([1e6 * r for r in reps])})
-            log(f"case 3: empty scatter_conv call, {th} thread(s), batch {n}: {overhead[-1]['us_per_call']['median']:.1f} us")
     # the dense alternative on the same core: one 128->128 3x3 conv of a 32x32 map
     set_threads(1)
     xin = torch.randn(1, 128, 32, 32)
@@ -466,72 +446,64 @@ def case_kernels(cfg: dict) -> dict:
     dense_macs = int((cy[:, None] * cx[None, :]).sum()) * 128 * 128    # taps inside the map only
     torch_gmacs = dense_macs / st["median"] / 1e9
     head = next((r for r in rows if r["c_out"] == 128), rows[-1])
-    return {"rows": rows, "per_tap_fit_ns": {"c0_ns_per_tap": float(c0), "c1_ns_per_add": float(c1)},
-            "densities": dens, "shapes": shapes, "call_overhead": overhead,
+    return {"rows": rows, "per_run_fit_ns": {"c0_ns_per_run": float(c0), "c1_ns_per_add": float(c1)},
+            "densities": dens, "shapes": shapes,
             "two_threads": two, "torch_dense_conv": {"seconds": st, "gmacs_per_s": torch_gmacs, "dense_macs": dense_macs},
             "break_even_density": head["gadds_per_s"] / torch_gmacs}
 
 
 # ==================================================== case 4: linearity
 def case_linearity(cfg: dict, r19: dict) -> dict:
+    import copy
+
     import torch
+    from evsim.bridge.fold import fold_model
 
-    from synthetic import shift_model, shift_network
+    from synthetic import calibrate_layers
 
-    log("case 4: time per sample vs events (ResNet-19, BN shift varied)")
-    network = r19["network"]
-    s0 = r19["calibration"]["shift"]
+    log("case 4: time per sample vs events (ResNet-19, every layer calibrated to each target rate)")
+    model = copy.deepcopy(r19["model"])
+    x_cal = r19["x_cal"]
     rng = np.random.default_rng(cfg["seed"] + 2)
     x = rng.random((max(cfg["lin_samples"], cfg["lin_batch"]), 3, 32, 32), dtype=np.float32)
-    set_threads(max(cfg["threads"]))
+    from torch_folded import FoldedTorch
 
-    def probe(shift):
-        net = evsim.compile_network(shift_network(network, shift - s0), dtype="float32")
-        r = evsim_run(net, x[:1], batch_size=1)
-        return activity(net, r)["firing_rate"]
-
-    # sweep the shift coarsely on one sample, then interpolate the shift of each target rate
-    t0 = time.perf_counter()
-    sweep = []
-    for s in np.arange(0.0, -0.801, -0.05):
-        sweep.append((float(s), probe(float(s))))
-        if sweep[-1][1] > max(cfg["lin_targets"]) * 1.3:
-            break
-    ss = np.array([s for s, _ in sweep])
-    rr = np.maximum.accumulate(np.array([r for _, r in sweep]))     # monotone for interpolation
-    shifts = []
+    points, nets = [], []
+    torch_sec = None
     for tgt in cfg["lin_targets"]:
-        if tgt <= rr[0]:
-            s = float(ss[0])
-        elif tgt >= rr[-1]:
-            s = float(ss[-1])
-        else:
-            s = float(np.interp(tgt, rr, ss))
-        if not shifts or abs(s - shifts[-1]) > 1e-4:
-            shifts.append(s)
-    log(f"case 4: sweep of {len(sweep)} shifts in {time.perf_counter() - t0:.1f} s; measuring {len(shifts)} points")
-
-    set_threads(1)
-    points = []
-    for s in shifts:
-        net = evsim.compile_network(shift_network(network, s - s0), dtype="float32")
+        set_threads(max(cfg["threads"]))
+        t0 = time.perf_counter()
+        cal = calibrate_layers(model, x_cal, tgt, cfg["r19_bn_std"])
+        net = evsim.compile_network(fold_model(model, input_range=(0.0, 1.0)), dtype="float32")
+        cal_s = time.perf_counter() - t0
+        set_threads(1)
         res = evsim_run(net, x[:cfg["lin_samples"]], batch_size=cfg["lin_batch"])
         act = activity(net, res)
         tp = throughput({"evsim": evsim_callable(net)}, x, cfg["lin_batch"], cfg["lin_reps"], cfg["lin_samples"],
                         max_rep_s=30.0)["evsim"]
         sec = [1.0 / v for v in tp["values"]]
-        points.append({"shift": s, "firing_rate": act["firing_rate"], "events": act["spikes_per_sample"],
+        rates = [l["rate"] for l in act["layers"]]
+        points.append({"target": tgt, "firing_rate": act["firing_rate"], "events": act["spikes_per_sample"],
                        "events_in": act["events_in_per_sample"], "synaptic_ops": act["synaptic_ops_per_sample"],
-                       "seconds_per_sample": summarize(sec), "layers": act["layers"]})
-        log(f"case 4: shift {s:+.3f}: rate {act['firing_rate'] * 100:.1f}%, {act['spikes_per_sample'] / 1e6:.3f} M events, "
-            f"{summarize(sec)['median'] * 1e3:.1f} ms/sample")
+                       "seconds_per_sample": summarize(sec), "layer_rate_min": min(rates),
+                       "layer_rate_max": max(rates), "calibration_s": cal_s, "layers": act["layers"]})
+        nets.append(net)
+        if torch_sec is None:
+            # the dense run costs the same at any firing rate: time it once, same thread count and batch
+            folded = FoldedTorch(fold_model(model, input_range=(0.0, 1.0)))
+            tt = throughput({"torch_folded": lambda xb: folded(torch.from_numpy(xb))}, x, cfg["lin_batch"],
+                            cfg["lin_reps"], cfg["lin_samples"], max_rep_s=30.0)["torch_folded"]
+            torch_sec = summarize([1.0 / v for v in tt["values"]])
+        points[-1]["speed_vs_torch_folded"] = torch_sec["median"] / points[-1]["seconds_per_sample"]["median"]
+        log(f"case 4: target {tgt * 100:.0f}%: rate {act['firing_rate'] * 100:.1f}% (layers {min(rates) * 100:.1f}-"
+            f"{max(rates) * 100:.1f}%), {act['spikes_per_sample'] / 1e6:.3f} M events, "
+            f"{summarize(sec)['median'] * 1e3:.1f} ms/sample (calibration {cal_s:.0f} s)")
 
     by_shape = {}
     if points:
-        for label, p in (("lowest rate", points[0]), ("highest rate", points[-1])):
-            net = evsim.compile_network(shift_network(network, p["shift"] - s0), dtype="float32")
-            by_shape[label] = {"firing_rate": p["firing_rate"],
-                               "rows": scatter_by_shape(net, x[:cfg["lin_batch"]])}
+        for label, i in (("lowest rate", 0), ("highest rate", len(points) - 1)):
+            by_shape[label] = {"firing_rate": points[i]["firing_rate"],
+                               "rows": scatter_by_shape(nets[i], x[:cfg["lin_batch"]])}
 
     def fit(xs, ts):
         xs, ts = np.asarray(xs, float), np.asarray(ts, float)
@@ -548,23 +520,24 @@ def case_linearity(cfg: dict, r19: dict) -> dict:
     fit_events = fit([p["events"] for p in points], ts) if len(points) >= 3 else None
     fit_ops = fit([p["synaptic_ops"] for p in points], ts) if len(points) >= 3 else None
 
-    # consistency: the shifted folded network fires like the PyTorch model with the same BN shift
-    s_chk = shifts[-1]
-    m2 = shift_model(r19["model"], s_chk - s0)
-    for _, nrn in m2.neurons():
+    # consistency: the last calibrated model and its folded network fire alike on the same sample
+    for _, nrn in model.neurons():
         nrn.record_spikes = True
     with torch.inference_mode():
-        m2(torch.from_numpy(x[:1]))
-    sp = sum(float(n.spikes.abs().sum()) for _, n in m2.neurons())
-    tot = sum(n.spikes[0, 0].numel() * n.spikes.shape[0] for _, n in m2.neurons())
-    torch_rate = sp / tot
-    net = evsim.compile_network(shift_network(network, s_chk - s0), dtype="float32")
-    ev_rate = activity(net, evsim_run(net, x[:1]))["firing_rate"]
-    return {"network": "ResNet-19 of case 2 (width 128, 32x32, T=4), BN stats of its calibration, "
-                       "BN bias (shift) varied", "threads": 1, "batch": cfg["lin_batch"],
-            "samples": cfg["lin_samples"], "sweep": sweep, "points": points, "fit_events": fit_events,
+        model(torch.from_numpy(x[:1]))
+    sp = sum(float(n.spikes.abs().sum()) for _, n in model.neurons())
+    tot = sum(n.spikes[0, 0].numel() * n.spikes.shape[0] for _, n in model.neurons())
+    for _, nrn in model.neurons():
+        nrn.record_spikes = False
+        nrn.spikes = None
+    ev_rate = activity(nets[-1], evsim_run(nets[-1], x[:1]))["firing_rate"] if nets else float("nan")
+    return {"network": "ResNet-19 of case 2 (width 128, 32x32, T=4), every spiking layer calibrated to each "
+                       "target rate (its BatchNorm shifts bisected, calibrate_layers)", "threads": 1,
+            "batch": cfg["lin_batch"], "samples": cfg["lin_samples"], "points": points, "fit_events": fit_events,
+            "torch_folded_seconds_per_sample": torch_sec,
             "fit_synaptic_ops": fit_ops, "scatter_by_shape": by_shape,
-            "consistency": {"shift": s_chk, "torch_rate": torch_rate, "evsim_rate": ev_rate}}
+            "consistency": {"target": points[-1]["target"] if points else None, "torch_rate": sp / tot,
+                            "evsim_rate": ev_rate}}
 
 
 # ======================================================== case 5: memory
@@ -673,6 +646,33 @@ def case_scaling(cfg: dict, results: dict) -> dict:
         if 1 in cfg[key]:
             a, b = t[lo][1]["evsim"], t[hi][1]["evsim"]
             row["evsim_batch1_speedup"] = b["median"] / a["median"]
-        row["kernel_calls_per_batch"] = results[case].get("kernel_calls_per_batch")
         out[case] = row
+    out["hardware"] = hardware_scaling(lo, hi)
+    return out
+
+
+def hardware_scaling(lo: int, hi: int, reps: int = 5) -> dict:
+    """What the cores themselves give from ``lo`` to ``hi`` threads, for two kinds of work split
+    evenly (one independent block per thread, nothing shared):
+
+    * vector adds over data held in L1 (the shape of the scatter's inner loop), and
+    * a scalar chain of dependent multiply-adds (latency-bound: leaves the core's units idle).
+
+    If the 'cores' are hyperthreads of one physical core, or share its vector units, the first
+    scales far less than the second."""
+    from probe import scalar_chain, vector_adds
+
+    out = {}
+    a = np.zeros((hi, 4096), np.float32)
+    b = np.ones((hi, 4096), np.float32)
+    vector_adds(a, b, 1)
+    scalar_chain(hi, 10)
+    for label, fn in (("vector_adds_l1", lambda: vector_adds(a, b, 20000)),
+                      ("scalar_chain", lambda: scalar_chain(hi, 5_000_000))):
+        t = {}
+        for th in (lo, hi):
+            set_threads(th)
+            t[th] = time_calls(fn, reps, warmup=1)
+        out[label] = {"seconds_lo": t[lo], "seconds_hi": t[hi],
+                      "speedup": t[lo]["median"] / t[hi]["median"]}
     return out

@@ -254,6 +254,8 @@ def info(weights, as_json):
               help="Weight of the mean firing rate in the loss: sparser spikes, fewer operations (0 = off).")
 @click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm to this value.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this checkpoint's weights (fine-tuning, e.g. with --rate-reg); same architecture.")
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training images.")
 @click.option("--test-limit", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")
 @click.option("--threads", type=click.IntRange(min=1), help="PyTorch CPU threads.")

@@ -28,6 +28,10 @@ from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_
 DTYPES = {"float32": np.float32, "float64": np.float64}
 CONV_MODES = ("kernel", "explicit")
 DEFAULT_EXPLICIT_LIMIT_MB = 1024.0
+# A population whose events feed a conv with more weight bytes than this emits them
+# channel by channel, so each input channel's weights are read once per step while
+# hot in cache (about half a core's L2 here; measured in bench/ case 3).
+CHANNEL_MAJOR_WEIGHT_BYTES = 1 << 20
 
 
 @dataclass
@@ -65,7 +69,9 @@ class ConvGeometry:
 @dataclass
 class CompiledProjection:
     """One projection, ready for its kernel. ``mode`` picks the kernel:
-    "conv" (kernel CSR), "csr" (explicit rows), "identity", "dense" (direct input)."""
+    "conv_rows" (weight-shared conv, kernel rows as contiguous runs), "conv"
+    (weight-shared kernel CSR, tap by tap: for kernels with mostly empty
+    taps), "csr" (explicit rows), "identity", "dense" (direct input)."""
 
     name: str
     kind: str
@@ -93,6 +99,7 @@ class CompiledPopulation:
     code: int
     params: np.ndarray      # [tau, v_threshold, k_alpha, k_beta, k_gamma]
     bias: np.ndarray        # (P * C,) sum of the folded biases of all incoming projections
+    channel_major: bool = False   # emit events channel by channel (feeds a conv with large weights)
 
     @property
     def size(self) -> int:
@@ -191,6 +198,56 @@ def kernel_csr(weight: np.ndarray, dtype) -> dict:
         tap_w=np.ascontiguousarray(per_tap[ci_idx, tap_idx].astype(dtype)),
         tap_nnz=nnz[ci_idx, tap_idx].astype(np.int64),
     )
+
+
+def row_kernel(weight: np.ndarray, geom: ConvGeometry, dtype) -> dict:
+    """Weights of a conv as whole kernel rows, for :func:`evsim.kernels.conv_rows`.
+
+    An input column ``x`` reaches, through one kernel row, the taps
+    ``kx = r, r+s, r+2s, ...`` (stride ``s`` along x, ``r = (x + pad) mod s``),
+    which land on adjacent output columns in *reverse* order. So each kernel
+    row stores its taps grouped by ``r``, each group reversed: then one event's
+    contribution through one kernel row is one contiguous run of weights and
+    one contiguous run of the channels-last accumulator. Returns
+
+    * ``row_w``: ``[ci, ky, tap in that order, co]`` flattened;
+    * ``row_nnz_cum[ci, ky, t]``: non-zero weights of the first ``t`` taps
+      (the synaptic operations of a clipped run), flattened;
+    * ``col_plan[x] = (first tap, number of taps, first output column)``,
+      borders and stride resolved (0 taps: the column reaches nothing);
+    * ``has_zeros``: whether any weight is zero (then the kernel counts
+      operations with ``row_nnz_cum``).
+    """
+    c_out, c_in, kh, kw = weight.shape
+    s, pad = geom.stride[1], geom.padding[1]
+    order, group_start = [], {}
+    for r in range(s):
+        group_start[r] = len(order)
+        order += list(range(r, kw, s))[::-1]
+    w = weight.transpose(1, 2, 3, 0)[:, :, order, :]                 # [ci, ky, tap, co]
+    cum = np.zeros((c_in, kh, kw + 1), dtype=np.int64)
+    np.cumsum((w != 0).sum(-1), axis=2, out=cum[:, :, 1:])
+    plan = np.zeros((geom.w_in, 3), dtype=np.int64)
+    for x in range(geom.w_in):
+        xp = x + pad
+        r = xp % s
+        group = list(range(r, kw, s))[::-1]        # taps in storage order; output column rises by 1 along it
+        first = None
+        for i, kx in enumerate(group):
+            ox = (xp - kx) // s
+            if 0 <= ox < geom.w_out:
+                if first is None:
+                    first = i
+                    plan[x, 0], plan[x, 2] = group_start[r] + i, ox
+                plan[x, 1] += 1
+    return dict(row_w=np.ascontiguousarray(w.astype(dtype)).reshape(-1), row_nnz_cum=cum.reshape(-1),
+                col_plan=plan, has_zeros=np.array(bool((weight == 0).any())))
+
+
+def prefers_rows(weight: np.ndarray) -> bool:
+    """Use the row kernel unless most taps are all zero (then skipping them tap by tap wins)."""
+    empty = ~(weight != 0).any(axis=0)                  # [ci, ky, kx] taps with no weight
+    return bool(empty.mean() < 0.5)
 
 
 def conv_explicit_nnz(weight: np.ndarray, geom: ConvGeometry) -> int:
@@ -309,6 +366,10 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             elif conv_mode == "explicit":
                 cp.mode = "csr"
                 cp.arrays.update(_csr_arrays(conv_explicit_csr(pr.weight, geom, dt, explicit_limit_mb), dt))
+            elif prefers_rows(pr.weight):
+                cp.mode = "conv_rows"
+                cp.arrays.update(row_kernel(pr.weight, geom, dt))
+                cp.arrays["row_map"] = geom.offset_maps()[0]
             else:
                 cp.mode = "conv"
                 cp.arrays.update(kernel_csr(pr.weight, dt))
@@ -330,5 +391,10 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             readout_incoming.append(i)
         else:
             incoming[tgt].append(i)
+    for cp in cprojs:
+        if cp.source >= 0 and cp.mode in ("conv", "conv_rows"):
+            w = cp.arrays.get("row_w", cp.arrays.get("tap_w"))
+            if w.nbytes > CHANNEL_MAJOR_WEIGHT_BYTES:
+                cpops[cp.source].channel_major = True
     return CompiledNetwork(network, np.dtype(dt), cpops, cprojs, incoming, readout_incoming, direct,
                            readout_bias.astype(dt), n_out, conv_mode)

@@ -1,13 +1,14 @@
 """The event-driven engine: runs a compiled network over T timesteps.
 
-A thin Python layer that owns the state arrays and calls the Numba kernels
-of :mod:`evsim.kernels` in topological order; all per-event work happens in
-the kernels. For each timestep and each population:
+A thin Python layer that owns the state arrays and hands a whole batch to
+the fused Numba driver (:func:`evsim.kernels.run_network`, reading the
+table program of :mod:`evsim.program`); all per-event work happens in the
+kernels. For each timestep and each population, in topological order:
 
 1. the events its sources emitted this step are scattered through every
    incoming projection (``+= w`` for a +1 spike, ``-= w`` for a -1 spike);
-2. ``fire_and_advance`` thresholds the membrane, queues the new events,
-   resets, and prepares the next step (leak, complemental term, drive).
+2. ``fire`` thresholds the membrane, queues the new events, resets, and
+   prepares the next step (leak, complemental term, drive).
 
 Projections from a direct-encoded input are evaluated once per sample
 (dense multiply-accumulates, counted once) and enter the membrane every
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from . import kernels as K
 from .compiler import CompiledNetwork, from_channels_last, to_channels_last
 from .errors import InputError
 from .neurons import neuron_model
+from .program import build_program
 
 
 @dataclass
@@ -105,29 +108,12 @@ def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
     return (cols @ wt).reshape(n, g.h_out * g.w_out * g.c_out)
 
 
-def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> SimulationResult:
-    """Run one batch. ``x`` as accepted by :func:`check_input`."""
-    x = check_input(net, x)
-    g = net.network
-    T = g.timesteps
-    N = x.shape[0]
+def _initial_state(net: CompiledNetwork, x: np.ndarray):
+    """Biases plus the direct-input current, per population (flat, channels-last), and the readout's."""
     dt = net.dtype
-    pops = net.populations
-
-    # state, event queues and counters per population
-    v = [np.empty((N, p.size), dtype=dt) for p in pops]
-    h = [np.zeros((N, p.size if neuron_model(p.model).has_complement else 0), dtype=dt) for p in pops]
-    drive = [np.empty((N, p.size), dtype=dt) for p in pops]
-    ev_idx = [np.empty((N, p.size), dtype=np.int32) for p in pops]
-    ev_sign = [np.empty((N, p.size), dtype=np.int8) for p in pops]
-    ev_cnt = [np.zeros(N, dtype=np.int64) for _ in pops]
-    n_pos = [np.zeros(N, dtype=np.int64) for _ in pops]
-    n_neg = [np.zeros(N, dtype=np.int64) for _ in pops]
-    syn_ops = [np.zeros(N, dtype=np.int64) for _ in net.projections]
-    events_in = [np.zeros(N, dtype=np.int64) for _ in net.projections]
-    out_acc = np.zeros((N, net.n_outputs), dtype=dt)
-
-    for i, p in enumerate(pops):
+    N = x.shape[0]
+    drive = [np.empty((N, p.size), dtype=dt) for p in net.populations]
+    for i, p in enumerate(net.populations):
         drive[i][:] = p.bias
     direct_out = np.zeros((N, net.n_outputs), dtype=dt)
     for pi in net.direct:
@@ -137,8 +123,105 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> Simul
             direct_out += cur
         else:
             drive[cp.target] += cur
-    for i in range(len(pops)):
-        v[i][:] = drive[i]          # step 1 starts from rest: u = 0 + drive
+    return drive, direct_out
+
+
+def _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes):
+    T = net.network.timesteps
+    dt = net.dtype
+    outputs = out_acc / dt.type(T) + net.readout_bias + direct_out
+    counters = Counters(input_events=input_events)
+    for i, p in enumerate(net.populations):
+        counters.spikes_pos[p.name] = n_pos[i]
+        counters.spikes_neg[p.name] = n_neg[i]
+    for pi, cp in enumerate(net.projections):
+        counters.events_in[cp.name] = events_in[pi]
+        counters.synaptic_ops[cp.name] = syn_ops[pi]
+        counters.macs[cp.name] = np.full(N, cp.direct_macs, dtype=np.int64)
+    if spikes is not None:
+        spikes = {p.name: from_channels_last(s, p.shape) for p, s in zip(net.populations, spikes)}
+    return SimulationResult(outputs=outputs, counters=counters, timesteps=T, spikes=spikes)
+
+
+def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: bool = True) -> SimulationResult:
+    """Run one batch. ``x`` as accepted by :func:`check_input`.
+
+    ``fused`` (the default) runs the whole batch in one call of the Numba
+    driver :func:`evsim.kernels.run_network`; ``fused=False`` steps through
+    layers and timesteps in Python, one batch kernel per projection and
+    population (same arithmetic in the same order, same results: it is
+    there to time each kernel separately).
+    """
+    x = check_input(net, x)
+    if not fused:
+        return _simulate_stepwise(net, x, record)
+    g = net.network
+    T = g.timesteps
+    N = x.shape[0]
+    dt = net.dtype
+    prog = build_program(net)
+    n_total = int(prog.pop_off[-1])
+    drives, direct_out = _initial_state(net, x)
+    drive = np.concatenate(drives, axis=1) if drives else np.zeros((N, 0), dtype=dt)
+    v = drive.copy()                   # step 1 starts from rest: u = 0 + drive
+    h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
+    max_pop = max((p.size for p in net.populations), default=0)
+    frame = np.empty((N, max_pop), dtype=np.int8)
+    ev_idx = np.empty((N, n_total), dtype=np.int32)
+    ev_sign = np.empty((N, n_total), dtype=np.int8)
+    P, J = len(net.populations), len(net.projections)
+    ev_cnt = np.zeros((N, P), dtype=np.int64)
+    n_pos = np.zeros((N, P), dtype=np.int64)
+    n_neg = np.zeros((N, P), dtype=np.int64)
+    syn_ops = np.zeros((N, J), dtype=np.int64)
+    events_in = np.zeros((N, J), dtype=np.int64)
+    input_events = np.zeros(N, dtype=np.int64)
+    out_acc = np.zeros((N, net.n_outputs), dtype=dt)
+    spike_input = g.encoding == "spikes"
+    n_in = int(np.prod(g.input_shape))
+    if spike_input:
+        xs = np.ascontiguousarray(to_channels_last(x.reshape(N * T, *g.input_shape), g.input_shape)
+                                  .reshape(N, T, n_in))
+        in_idx = np.empty((N, n_in), dtype=np.int32)
+        in_sign = np.empty((N, n_in), dtype=np.int8)
+    else:
+        xs = np.zeros((N, T, 0), dtype=np.int8)
+        in_idx = np.empty((N, 0), dtype=np.int32)
+        in_sign = np.empty((N, 0), dtype=np.int8)
+    rec = np.zeros((N, T, n_total) if record else (N, 0, 0), dtype=np.int8)
+    n_groups = max(1, min(N, numba.get_num_threads()))
+    K.run_network(T, spike_input, record, n_groups, prog.steps, prog.desc, prog.scale, prog.ibuf, prog.i32buf, prog.fbuf,
+                  prog.pop_off, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels, prog.pop_channel_major,
+                  xs, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64),
+                  n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec)
+    spikes = None
+    if record:
+        off = prog.pop_off
+        spikes = [rec[:, :, off[i]:off[i + 1]].transpose(1, 0, 2) for i in range(P)]
+    return _result(net, N, out_acc, direct_out, list(n_pos.T), list(n_neg.T), list(events_in.T), list(syn_ops.T),
+                   input_events, spikes)
+
+
+def _simulate_stepwise(net: CompiledNetwork, x: np.ndarray, record: bool) -> SimulationResult:
+    g = net.network
+    T = g.timesteps
+    N = x.shape[0]
+    dt = net.dtype
+    pops = net.populations
+
+    # state, event queues and counters per population
+    drive, direct_out = _initial_state(net, x)
+    v = [d.copy() for d in drive]      # step 1 starts from rest: u = 0 + drive
+    h = [np.zeros((N, p.size if neuron_model(p.model).has_complement else 0), dtype=dt) for p in pops]
+    frame = [np.empty((N, p.size), dtype=np.int8) for p in pops]
+    ev_idx = [np.empty((N, p.size), dtype=np.int32) for p in pops]
+    ev_sign = [np.empty((N, p.size), dtype=np.int8) for p in pops]
+    ev_cnt = [np.zeros(N, dtype=np.int64) for _ in pops]
+    n_pos = [np.zeros(N, dtype=np.int64) for _ in pops]
+    n_neg = [np.zeros(N, dtype=np.int64) for _ in pops]
+    syn_ops = [np.zeros(N, dtype=np.int64) for _ in net.projections]
+    events_in = [np.zeros(N, dtype=np.int64) for _ in net.projections]
+    out_acc = np.zeros((N, net.n_outputs), dtype=dt)
 
     # events of a spike-encoded input
     n_in = int(np.prod(g.input_shape))
@@ -149,7 +232,7 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> Simul
 
     spikes = None
     if record:
-        spikes = {p.name: np.zeros((T, N, p.size), dtype=np.int8) for p in pops}
+        spikes = [np.zeros((T, N, p.size), dtype=np.int8) for p in pops]
 
     def events_of(src):
         if src < 0:
@@ -161,8 +244,12 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> Simul
         ei, es, ec = events_of(cp.source)
         events_in[pi] += ec
         a = cp.arrays
-        if cp.mode == "conv":
-            gm = cp.geometry
+        gm = cp.geometry
+        if cp.mode == "conv_rows":
+            K.scatter_conv_rows(ei, es, ec, gm.c_in, gm.w_in, gm.kernel[0], gm.kernel[1], a["row_map"],
+                                a["col_plan"], gm.w_out, gm.c_out, a["row_w"], a["row_nnz_cum"], bool(a["has_zeros"]),
+                                acc2d, syn_ops[pi])
+        elif cp.mode == "conv":
             K.scatter_conv(ei, es, ec, gm.c_in, gm.w_in, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"],
                            a["tap_nnz"], a["row_map"], a["col_map"], gm.w_out,
                            acc2d.reshape(N, gm.h_out * gm.w_out, gm.c_out), syn_ops[pi])
@@ -179,25 +266,13 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False) -> Simul
             for pi in net.incoming[i]:
                 scatter(pi, v[i])
             prm = p.params
-            K.fire_and_advance(p.code, prm[0], prm[1], prm[2], prm[3], prm[4], v[i], h[i], drive[i],
-                               ev_idx[i], ev_sign[i], ev_cnt[i], n_pos[i], n_neg[i])
+            K.fire_and_advance(p.code, prm[0], prm[1], prm[2], prm[3], prm[4], v[i], h[i], drive[i], frame[i],
+                               p.channels, p.channel_major, ev_idx[i], ev_sign[i], ev_cnt[i], n_pos[i], n_neg[i])
             if record:
-                K.events_to_dense(ev_idx[i], ev_sign[i], ev_cnt[i], spikes[p.name][t])
+                K.events_to_dense(ev_idx[i], ev_sign[i], ev_cnt[i], spikes[i][t])
         for pi in net.readout_incoming:
             scatter(pi, out_acc)
-
-    outputs = out_acc / dt.type(T) + net.readout_bias + direct_out
-    counters = Counters(input_events=input_events)
-    for i, p in enumerate(pops):
-        counters.spikes_pos[p.name] = n_pos[i]
-        counters.spikes_neg[p.name] = n_neg[i]
-    for pi, cp in enumerate(net.projections):
-        counters.events_in[cp.name] = events_in[pi]
-        counters.synaptic_ops[cp.name] = syn_ops[pi]
-        counters.macs[cp.name] = np.full(N, cp.direct_macs, dtype=np.int64)
-    if record:
-        spikes = {name: from_channels_last(s, pop.shape) for (name, s), pop in zip(spikes.items(), pops)}
-    return SimulationResult(outputs=outputs, counters=counters, timesteps=T, spikes=spikes)
+    return _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes)
 
 
 def merge_results(parts: list[SimulationResult]) -> SimulationResult:
@@ -216,7 +291,7 @@ def merge_results(parts: list[SimulationResult]) -> SimulationResult:
 
 
 def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool = False,
-        progress=None) -> SimulationResult:
+        progress=None, fused: bool = True) -> SimulationResult:
     """Run many samples in batches; ``progress(n_done)`` is called after each batch."""
     x = np.asarray(x)
     g = net.network
@@ -225,7 +300,7 @@ def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool 
         x = x[None]
     parts = []
     for i in range(0, max(len(x), 1), batch_size):
-        parts.append(simulate(net, x[i:i + batch_size], record=record))
+        parts.append(simulate(net, x[i:i + batch_size], record=record, fused=fused))
         if progress is not None:
             progress(len(parts[-1].outputs))
     return merge_results(parts)

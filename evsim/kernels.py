@@ -1,15 +1,24 @@
 """Numba kernels of the event-driven engine.
 
-Plain arrays in, plain arrays out; no Python objects, no exceptions. Each
-kernel handles a batch and splits it over threads *by sample* (``prange``
-over the first axis), so no two threads ever write the same accumulator:
-the scatter needs no atomics and stays race-free.
+Plain arrays in, plain arrays out; no Python objects, no exceptions.
+
+Two levels. The *per-sample* kernels (``conv_taps``, ``conv_rows``, ``csr``,
+``identity``, ``fire``, ``collect``) do the work of one projection or one
+population for one sample, serially. :func:`run_network` is the fused
+driver: one call runs a whole batch through every timestep and every layer,
+splitting the batch over threads *by sample* (one ``prange``), so no two
+threads ever write the same accumulator (no atomics, no races) and the
+thread pool wakes once per batch instead of once per layer and step. The
+``scatter_*``/``fire_and_advance`` batch kernels wrap the same per-sample
+kernels for the step-by-step engine, the tests and the benchmarks.
 
 Layouts (channels-last, so the innermost loop over output channels is
 contiguous and compiles to vector adds):
 
 * events of a population: ``ev_idx[n, k]`` (int32, flat channels-last index
-  ``p * C + c``), ``ev_sign[n, k]`` (int8, +1 or -1), ``ev_cnt[n]``
+  ``p * C + c``), ``ev_sign[n, k]`` (int8, +1 or -1), ``ev_cnt[n]``; in
+  memory order, or channel by channel for a population that feeds a conv
+  with weights too large for the cache (see :func:`fire`)
 * membrane / accumulator of a population: ``v[n, p, c]``; flat kernels see
   the same memory as ``v[n, p * C + c]``.
 
@@ -32,13 +41,15 @@ from numba import njit, prange  # noqa: E402
 
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
 
-_OPTS = dict(cache=True, nogil=True, fastmath=False, parallel=True, boundscheck=False)
+_SERIAL = dict(cache=True, nogil=True, fastmath=False, boundscheck=False)
+_PARALLEL = dict(_SERIAL, parallel=True)
 
 
-@njit(**_OPTS)
-def scatter_conv(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, tap_nnz,
-                 row_map, col_map, w_out, acc, syn_ops):
-    """Scatter events through a weight-shared conv kernel.
+# ------------------------------------------------------------ per sample
+@njit(**_SERIAL)
+def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, tap_nnz,
+              row_map, col_map, w_out, acc):
+    """Scatter one sample's events through a weight-shared conv kernel, tap by tap.
 
     ``tap_ptr[ci]:tap_ptr[ci+1]`` are the non-zero taps of input channel
     ``ci``: offsets ``(tap_y, tap_x)``, the weight vector over output
@@ -47,158 +58,426 @@ def scatter_conv(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap
     kernel row ``ky`` (``-1`` where it falls outside the map or between
     strides), ``col_map[x, kx]`` likewise: stride, padding and borders are
     resolved at compile time, so the hot loop does no division. Taps that
-    reach nothing are skipped and not counted.
+    reach nothing are skipped and not counted. ``acc``: (P_out, C_out).
+    The general path (any stride, pruned taps); :func:`conv_rows` is the
+    fast one for stride 1 along x.
     """
-    n_samples = ev_cnt.shape[0]
     c_out = tap_w.shape[1]
-    for n in prange(n_samples):
-        ops = 0
-        for e in range(ev_cnt[n]):
-            idx = ev_idx[n, e]
+    ops = 0
+    for e in range(cnt):
+        idx = ev_idx[e]
+        p = idx // c_in
+        ci = idx - p * c_in
+        y = p // w_in
+        x = p - y * w_in
+        positive = ev_sign[e] > 0
+        for k in range(tap_ptr[ci], tap_ptr[ci + 1]):
+            oy = row_map[y, tap_y[k]]
+            ox = col_map[x, tap_x[k]]
+            if oy < 0 or ox < 0:
+                continue
+            q = oy * w_out + ox
+            if positive:
+                for co in range(c_out):
+                    acc[q, co] += tap_w[k, co]
+            else:
+                for co in range(c_out):
+                    acc[q, co] -= tap_w[k, co]
+            ops += tap_nnz[k]
+    return ops
+
+
+@njit(**_SERIAL)
+def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out, c_out, row_w, row_nnz_cum,
+              has_zeros, acc):
+    """Scatter one sample's events through a weight-shared conv, one kernel row at a time.
+
+    Along x, the taps of one kernel row that an input column reaches land on
+    *adjacent* output columns (for stride s: the taps ``kx = r, r+s, ...``
+    with ``r`` fixed by the column, in reverse order), so in the
+    channels-last accumulator they form one contiguous run of
+    ``n_taps * C_out`` floats. ``row_w`` stores each kernel row with its taps
+    grouped that way (``evsim.compiler.row_kernel``), so the weights are one
+    contiguous run too: an event costs ``kh`` long vector loops instead of
+    ``kh * kw`` short ones. ``col_plan[x] = (first tap, number of taps, first
+    output column)`` is resolved at compile time (stride, padding, borders);
+    ``row_map[y, ky]`` likewise for rows (-1: outside). ``row_nnz_cum[(ci*kh +
+    ky)*(kw+1) + t]`` counts the non-zero weights of the first ``t`` taps of a
+    row, so only non-zero weights count as synaptic operations (``has_zeros``:
+    the kernel holds zero weights, so the count needs the table). ``acc``:
+    flat (P_out * C_out,).
+    """
+    ops = 0
+    for e in range(cnt):
+        idx = ev_idx[e]
+        p = idx // c_in
+        ci = idx - p * c_in
+        y = p // w_in
+        x = p - y * w_in
+        n_taps = col_plan[x, 1]
+        if n_taps == 0:
+            continue
+        ox = col_plan[x, 2]
+        n = n_taps * c_out
+        w0 = (ci * kh * kw + col_plan[x, 0]) * c_out
+        positive = ev_sign[e] > 0
+        for ky in range(kh):
+            oy = row_map[y, ky]
+            if oy < 0:
+                continue
+            a = acc[(oy * w_out + ox) * c_out:]
+            w = row_w[w0 + ky * kw * c_out:]
+            if positive:
+                for j in range(n):
+                    a[j] += w[j]
+            else:
+                for j in range(n):
+                    a[j] -= w[j]
+            ops += n
+    if has_zeros:
+        # Zero weights were added but are no synaptic operations. Counting them in a
+        # pass of their own keeps the loop above free of table lookups (which, measured,
+        # cost it 2.5x), and this pass runs only for kernels that contain zeros.
+        for e in range(cnt):
+            idx = ev_idx[e]
             p = idx // c_in
             ci = idx - p * c_in
             y = p // w_in
             x = p - y * w_in
-            positive = ev_sign[n, e] > 0
-            for k in range(tap_ptr[ci], tap_ptr[ci + 1]):
-                oy = row_map[y, tap_y[k]]
-                ox = col_map[x, tap_x[k]]
-                if oy < 0 or ox < 0:
-                    continue
-                q = oy * w_out + ox
-                if positive:
-                    for co in range(c_out):
-                        acc[n, q, co] += tap_w[k, co]
-                else:
-                    for co in range(c_out):
-                        acc[n, q, co] -= tap_w[k, co]
-                ops += tap_nnz[k]
-        syn_ops[n] += ops
+            n_taps = col_plan[x, 1]
+            if n_taps == 0:
+                continue
+            t0 = col_plan[x, 0]
+            for ky in range(kh):
+                if row_map[y, ky] >= 0:
+                    c = (ci * kh + ky) * (kw + 1) + t0
+                    ops -= n_taps * c_out - (row_nnz_cum[c + n_taps] - row_nnz_cum[c])
+    return ops
 
 
-@njit(**_OPTS)
-def scatter_csr(ev_idx, ev_sign, ev_cnt, indptr, indices, data, acc, syn_ops):
-    """Scatter events through explicit CSR rows (row = presynaptic neuron).
+@njit(**_SERIAL)
+def csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc):
+    """Scatter one sample's events through explicit CSR rows (row = presynaptic neuron).
 
-    ``acc`` is flat per sample, ``(N, n_target)``. Stored zeros are not kept
-    in the CSR, so each row entry is one synaptic operation.
+    Stored zeros are not kept in the CSR, so each row entry is one synaptic
+    operation. ``acc``: flat (n_target,).
     """
-    n_samples = ev_cnt.shape[0]
-    for n in prange(n_samples):
-        ops = 0
-        for e in range(ev_cnt[n]):
-            row = ev_idx[n, e]
-            lo = indptr[row]
-            hi = indptr[row + 1]
-            if ev_sign[n, e] > 0:
-                for k in range(lo, hi):
-                    acc[n, indices[k]] += data[k]
-            else:
-                for k in range(lo, hi):
-                    acc[n, indices[k]] -= data[k]
-            ops += hi - lo
-        syn_ops[n] += ops
+    ops = 0
+    for e in range(cnt):
+        row = ev_idx[e]
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        if ev_sign[e] > 0:
+            for k in range(lo, hi):
+                acc[indices[k]] += data[k]
+        else:
+            for k in range(lo, hi):
+                acc[indices[k]] -= data[k]
+        ops += hi - lo
+    return ops
 
 
-@njit(**_OPTS)
-def scatter_identity(ev_idx, ev_sign, ev_cnt, scale, acc, syn_ops):
+@njit(**_SERIAL)
+def identity(ev_idx, ev_sign, cnt, scale, acc):
     """Residual shortcut: each event adds +-scale to the same index in the target."""
-    n_samples = ev_cnt.shape[0]
-    for n in prange(n_samples):
-        for e in range(ev_cnt[n]):
-            if ev_sign[n, e] > 0:
-                acc[n, ev_idx[n, e]] += scale
-            else:
-                acc[n, ev_idx[n, e]] -= scale
-        syn_ops[n] += ev_cnt[n]
+    for e in range(cnt):
+        if ev_sign[e] > 0:
+            acc[ev_idx[e]] += scale
+        else:
+            acc[ev_idx[e]] -= scale
+    return cnt
 
 
-@njit(**_OPTS)
-def fire_and_advance(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive,
-                     ev_idx, ev_sign, ev_cnt, n_pos, n_neg):
-    """Threshold every neuron, emit its events, reset, and prepare the next step.
+@njit(**_SERIAL)
+def fire(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+    """Threshold every neuron of one sample, emit its events, reset, and prepare the next step.
 
     After the synaptic input of step t has been added to ``v``, this emits
     the spikes of step t and leaves ``v`` holding the potential of step t+1
     before its synaptic input: leak (and, for CTSN, the complemental term)
     plus ``drive`` (folded biases and the direct-encoded input current).
-    All arrays are flat per sample: ``v, h, drive: (N, n)``.
 
-    Two passes per sample: a branch-free update over all neurons (one loop
-    per model, so each compiles to vector code) that writes the dense spike
-    frame into ``ev_sign``, then a scan that compacts it in place into the
-    event queue (the write position never passes the read position).
+    Two passes. A branch-free update over all neurons (one loop per model,
+    no reductions, so each compiles to vector code) writes the spike frame
+    into ``frame``; a scan of the frame then queues the events, without
+    branches on the spike (a branch per neuron mispredicts on random
+    spikes), skipping all-zero 8-neuron words. ``channel_major`` scans the
+    frame channel by channel instead of in memory order: the events of one
+    input channel then come together, so a conv whose weights do not fit
+    in cache reuses each channel's weights while they are hot. Returns
+    (events, positive spikes, negative spikes).
     """
-    n_samples, n_neurons = v.shape
+    n_neurons = v.shape[0]
     zero = tau - tau  # a zero of the state's own float type
-    for n in prange(n_samples):
-        pos = 0
-        neg = 0
-        if model == LIF_BINARY:
-            for i in range(n_neurons):
-                u = v[n, i]
-                p = u >= v_th
-                ev_sign[n, i] = p
-                pos += p
-                v[n, i] = tau * (zero if p else u) + drive[n, i]
-        elif model == CTSN_STATIC or model == CTSN_EVENT:
-            static = model == CTSN_STATIC
-            for i in range(n_neurons):
-                u = v[n, i]
-                p = u >= v_th
-                m = u <= -v_th
-                ev_sign[n, i] = np.int8(p) - np.int8(m)
-                pos += p
-                neg += m
-                u = tau * (zero if (p or m) else u)
-                hp = h[n, i]
-                if static:
-                    hn = k_alpha * max(hp, zero) + k_beta * min(hp, zero) + k_gamma * u
-                else:
-                    hn = k_alpha * hp + k_beta * max(u, zero) + k_gamma * min(u, zero)
-                h[n, i] = hn
-                v[n, i] = hn + drive[n, i]
-        else:
-            for i in range(n_neurons):
-                u = v[n, i]
-                p = u >= v_th
-                m = u <= -v_th
-                ev_sign[n, i] = np.int8(p) - np.int8(m)
-                pos += p
-                neg += m
-                v[n, i] = tau * (zero if (p or m) else u) + drive[n, i]
-        cnt = 0
+    if model == LIF_BINARY:
         for i in range(n_neurons):
-            sg = ev_sign[n, i]
-            if sg != 0:
-                ev_idx[n, cnt] = i
-                ev_sign[n, cnt] = sg
-                cnt += 1
+            u = v[i]
+            p = u >= v_th
+            frame[i] = p
+            v[i] = tau * (zero if p else u) + drive[i]
+    elif model == CTSN_STATIC or model == CTSN_EVENT:
+        static = model == CTSN_STATIC
+        for i in range(n_neurons):
+            u = v[i]
+            p = u >= v_th
+            m = u <= -v_th
+            frame[i] = np.int8(p) - np.int8(m)
+            u = tau * (zero if (p or m) else u)
+            hp = h[i]
+            if static:
+                hn = k_alpha * max(hp, zero) + k_beta * min(hp, zero) + k_gamma * u
+            else:
+                hn = k_alpha * hp + k_beta * max(u, zero) + k_gamma * min(u, zero)
+            h[i] = hn
+            v[i] = hn + drive[i]
+    else:
+        for i in range(n_neurons):
+            u = v[i]
+            p = u >= v_th
+            m = u <= -v_th
+            frame[i] = np.int8(p) - np.int8(m)
+            v[i] = tau * (zero if (p or m) else u) + drive[i]
+    # queue the events: always write, advance only on a spike (cnt <= i, so in bounds)
+    cnt = 0
+    pos = 0
+    if channel_major:
+        n_positions = n_neurons // n_channels
+        for c in range(n_channels):
+            i = c
+            for _ in range(n_positions):
+                sg = frame[i]
+                ev_idx[cnt] = i
+                ev_sign[cnt] = sg
+                cnt += sg != 0
+                pos += sg > 0
+                i += n_channels
+    else:
+        n_words = n_neurons // 8
+        words = frame[:n_words * 8].view(np.uint64)
+        for k in range(n_words):
+            if words[k] != 0:
+                for i in range(8 * k, 8 * k + 8):
+                    sg = frame[i]
+                    ev_idx[cnt] = i
+                    ev_sign[cnt] = sg
+                    cnt += sg != 0
+                    pos += sg > 0
+        for i in range(n_words * 8, n_neurons):
+            sg = frame[i]
+            ev_idx[cnt] = i
+            ev_sign[cnt] = sg
+            cnt += sg != 0
+            pos += sg > 0
+    return cnt, pos, cnt - pos
+
+
+@njit(**_SERIAL)
+def collect(values, ev_idx, ev_sign):
+    """Turn one sample's ternary frame ``values[i]`` in {-1, 0, 1} into events."""
+    cnt = 0
+    for i in range(values.shape[0]):
+        s = values[i]
+        if s != 0:
+            ev_idx[cnt] = i
+            ev_sign[cnt] = 1 if s > 0 else -1
+            cnt += 1
+    return cnt
+
+
+@njit(**_SERIAL)
+def to_frame(ev_idx, ev_sign, cnt, out):
+    """Write one sample's events into a dense int8 frame (recording)."""
+    for i in range(out.shape[0]):
+        out[i] = 0
+    for e in range(cnt):
+        out[ev_idx[e]] = ev_sign[e]
+
+
+# ------------------------------------------------------------- the fused driver
+# Columns of the projection table ``desc`` (see evsim.program).
+MODE_TAPS, MODE_ROWS, MODE_CSR, MODE_IDENTITY = 0, 1, 2, 3
+D_MODE, D_SRC, D_DST, D_C_IN, D_H_IN, D_W_IN, D_C_OUT, D_H_OUT, D_W_OUT, D_KH, D_KW, D_FLAG = range(12)
+D_O1, D_O2, D_O3, D_O4, D_O5, D_O6, D_O7, D_N = range(12, 20)
+DESC_WIDTH = 20
+STEP_SCATTER, STEP_FIRE = 0, 1
+
+
+@njit(**_SERIAL)
+def _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc):
+    """Run projection ``j`` of the program table for one sample; returns its synaptic operations."""
+    mode = desc[j, D_MODE]
+    if mode == MODE_ROWS:
+        c_in = desc[j, D_C_IN]
+        kh = desc[j, D_KH]
+        kw = desc[j, D_KW]
+        c_out = desc[j, D_C_OUT]
+        o = desc[j, D_O1]
+        row_map = ibuf[o:o + desc[j, D_H_IN] * kh].reshape((desc[j, D_H_IN], kh))
+        o = desc[j, D_O2]
+        row_w = fbuf[o:o + c_in * kh * kw * c_out]
+        o = desc[j, D_O3]
+        cum = ibuf[o:o + c_in * kh * (kw + 1)]
+        w_in = desc[j, D_W_IN]
+        o = desc[j, D_O4]
+        col_plan = ibuf[o:o + w_in * 3].reshape((w_in, 3))
+        return conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan,
+                         desc[j, D_W_OUT], c_out, row_w, cum, desc[j, D_FLAG] != 0, acc)
+    if mode == MODE_TAPS:
+        c_in = desc[j, D_C_IN]
+        c_out = desc[j, D_C_OUT]
+        n_taps = desc[j, D_N]
+        o = desc[j, D_O1]
+        tap_ptr = ibuf[o:o + c_in + 1]
+        o = desc[j, D_O2]
+        tap_y = ibuf[o:o + n_taps]
+        o = desc[j, D_O3]
+        tap_x = ibuf[o:o + n_taps]
+        o = desc[j, D_O4]
+        tap_nnz = ibuf[o:o + n_taps]
+        o = desc[j, D_O5]
+        row_map = ibuf[o:o + desc[j, D_H_IN] * desc[j, D_KH]].reshape((desc[j, D_H_IN], desc[j, D_KH]))
+        o = desc[j, D_O6]
+        col_map = ibuf[o:o + desc[j, D_W_IN] * desc[j, D_KW]].reshape((desc[j, D_W_IN], desc[j, D_KW]))
+        o = desc[j, D_O7]
+        tap_w = fbuf[o:o + n_taps * c_out].reshape((n_taps, c_out))
+        w_out = desc[j, D_W_OUT]
+        acc2 = acc.reshape((acc.shape[0] // c_out, c_out))
+        return conv_taps(ev_idx, ev_sign, cnt, c_in, desc[j, D_W_IN], tap_ptr, tap_y, tap_x, tap_w, tap_nnz,
+                         row_map, col_map, w_out, acc2)
+    if mode == MODE_CSR:
+        n_rows = desc[j, D_N]
+        o = desc[j, D_O1]
+        indptr = ibuf[o:o + n_rows + 1]
+        nnz = indptr[n_rows]
+        o = desc[j, D_O2]
+        indices = i32buf[o:o + nnz]
+        o = desc[j, D_O3]
+        data = fbuf[o:o + nnz]
+        return csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc)
+    return identity(ev_idx, ev_sign, cnt, scale[j], acc)
+
+
+@njit(**_PARALLEL)
+def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ibuf, i32buf, fbuf,
+                pop_off, h_off, pop_code, pop_params, pop_channels, pop_channel_major,
+                x_spikes, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, in_cnt,
+                n_pos, n_neg, syn_ops, events_in, input_events, out_acc, spikes):
+    """Run a batch through all timesteps of a compiled program (see :mod:`evsim.program`).
+
+    ``steps[s] = (kind, index)``: scatter projection ``index`` or fire
+    population ``index``, in topological order, once per timestep. State
+    arrays are (N, ...) with each population at ``pop_off[i]:pop_off[i+1]``
+    of the flat per-sample vector. ``spikes`` (N, T, n_neurons) is written
+    only when ``record``.
+
+    The batch is cut into ``n_groups`` contiguous groups of samples, one
+    ``prange`` iteration each (one per thread). A thread runs its group
+    layer by layer, each layer for all its samples before the next, so a
+    layer's weights serve every sample of the group while they are in cache.
+    """
+    n_samples = v.shape[0]
+    n_steps = steps.shape[0]
+    per_group = (n_samples + n_groups - 1) // n_groups
+    for g in prange(n_groups):
+        first = g * per_group
+        last = min(n_samples, first + per_group)
+        for t in range(timesteps):
+            if spike_input:
+                for n in range(first, last):
+                    in_cnt[n] = collect(x_spikes[n, t], in_idx[n], in_sign[n])
+                    input_events[n] += in_cnt[n]
+            for s in range(n_steps):
+                kind = steps[s, 0]
+                j = steps[s, 1]
+                if kind == STEP_SCATTER:
+                    src = desc[j, D_SRC]
+                    dst = desc[j, D_DST]
+                    for n in range(first, last):
+                        if dst < 0:
+                            acc = out_acc[n]
+                        else:
+                            acc = v[n, pop_off[dst]:pop_off[dst + 1]]
+                        if src < 0:
+                            cnt = in_cnt[n]
+                            ops = _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, in_idx[n], in_sign[n], cnt, acc)
+                        else:
+                            cnt = ev_cnt[n, src]
+                            lo = pop_off[src]
+                            hi = pop_off[src + 1]
+                            ops = _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx[n, lo:hi],
+                                               ev_sign[n, lo:hi], cnt, acc)
+                        events_in[n, j] += cnt
+                        syn_ops[n, j] += ops
+                else:
+                    lo = pop_off[j]
+                    hi = pop_off[j + 1]
+                    prm = pop_params[j]
+                    for n in range(first, last):
+                        cnt, pos, neg = fire(pop_code[j], prm[0], prm[1], prm[2], prm[3], prm[4], v[n, lo:hi],
+                                             h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi], frame[n, :hi - lo],
+                                             pop_channels[j], pop_channel_major[j] != 0, ev_idx[n, lo:hi],
+                                             ev_sign[n, lo:hi])
+                        ev_cnt[n, j] = cnt
+                        n_pos[n, j] += pos
+                        n_neg[n, j] += neg
+                        if record:
+                            to_frame(ev_idx[n, lo:hi], ev_sign[n, lo:hi], cnt, spikes[n, t, lo:hi])
+
+
+# ------------------------------------------------ batch kernels (step by step)
+@njit(**_PARALLEL)
+def scatter_conv(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, tap_nnz,
+                 row_map, col_map, w_out, acc, syn_ops):
+    """:func:`conv_taps` over a batch; ``acc`` (N, P_out, C_out)."""
+    for n in prange(ev_cnt.shape[0]):
+        syn_ops[n] += conv_taps(ev_idx[n], ev_sign[n], ev_cnt[n], c_in, w_in, tap_ptr, tap_y, tap_x, tap_w,
+                                tap_nnz, row_map, col_map, w_out, acc[n])
+
+
+@njit(**_PARALLEL)
+def scatter_conv_rows(ev_idx, ev_sign, ev_cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out, c_out,
+                      row_w, row_nnz_cum, has_zeros, acc, syn_ops):
+    """:func:`conv_rows` over a batch; ``acc`` (N, P_out * C_out)."""
+    for n in prange(ev_cnt.shape[0]):
+        syn_ops[n] += conv_rows(ev_idx[n], ev_sign[n], ev_cnt[n], c_in, w_in, kh, kw, row_map, col_plan, w_out,
+                                c_out, row_w, row_nnz_cum, has_zeros, acc[n])
+
+
+@njit(**_PARALLEL)
+def scatter_csr(ev_idx, ev_sign, ev_cnt, indptr, indices, data, acc, syn_ops):
+    """:func:`csr` over a batch; ``acc`` (N, n_target)."""
+    for n in prange(ev_cnt.shape[0]):
+        syn_ops[n] += csr(ev_idx[n], ev_sign[n], ev_cnt[n], indptr, indices, data, acc[n])
+
+
+@njit(**_PARALLEL)
+def scatter_identity(ev_idx, ev_sign, ev_cnt, scale, acc, syn_ops):
+    """:func:`identity` over a batch."""
+    for n in prange(ev_cnt.shape[0]):
+        syn_ops[n] += identity(ev_idx[n], ev_sign[n], ev_cnt[n], scale, acc[n])
+
+
+@njit(**_PARALLEL)
+def fire_and_advance(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive, frame, n_channels, channel_major,
+                     ev_idx, ev_sign, ev_cnt, n_pos, n_neg):
+    """:func:`fire` over a batch; ``v, h, drive, frame``: (N, n) (``h`` (N, 0) without a complement)."""
+    for n in prange(v.shape[0]):
+        cnt, pos, neg = fire(model, tau, v_th, k_alpha, k_beta, k_gamma, v[n], h[n], drive[n], frame[n],
+                             n_channels, channel_major, ev_idx[n], ev_sign[n])
         ev_cnt[n] = cnt
         n_pos[n] += pos
         n_neg[n] += neg
 
 
-@njit(**_OPTS)
+@njit(**_PARALLEL)
 def collect_events(values, ev_idx, ev_sign, ev_cnt):
-    """Turn a ternary input frame ``values[n, i]`` in {-1, 0, 1} into events."""
-    n_samples, n_neurons = values.shape
-    for n in prange(n_samples):
-        cnt = 0
-        for i in range(n_neurons):
-            s = values[n, i]
-            if s != 0:
-                ev_idx[n, cnt] = i
-                ev_sign[n, cnt] = 1 if s > 0 else -1
-                cnt += 1
-        ev_cnt[n] = cnt
+    """:func:`collect` over a batch."""
+    for n in prange(values.shape[0]):
+        ev_cnt[n] = collect(values[n], ev_idx[n], ev_sign[n])
 
 
-@njit(**_OPTS)
+@njit(**_PARALLEL)
 def events_to_dense(ev_idx, ev_sign, ev_cnt, out):
-    """Write the events of one step into a dense int8 frame ``out[n, i]`` (recording)."""
+    """:func:`to_frame` over a batch."""
     for n in prange(ev_cnt.shape[0]):
-        for i in range(out.shape[1]):
-            out[n, i] = 0
-        for e in range(ev_cnt[n]):
-            out[n, ev_idx[n, e]] = ev_sign[n, e]
+        to_frame(ev_idx[n], ev_sign[n], ev_cnt[n], out[n])

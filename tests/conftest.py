@@ -26,7 +26,8 @@ import reference  # noqa: E402
 
 MODELS = ("ternary_lif", "binary_lif", "ctsn_static", "ctsn_event")
 ENCODINGS = ("direct", "spikes")
-NETWORKS = {"residual_net": networks.residual_net, "mlp_net": networks.mlp_net}
+NETWORKS = {"residual_net": networks.residual_net, "mlp_net": networks.mlp_net,
+            "residual_net_pruned_taps": networks.residual_net_pruned_taps}
 
 
 @functools.lru_cache(maxsize=None)

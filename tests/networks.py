@@ -28,7 +28,7 @@ def pooled_linear(w_linear, c, h, w, pool):
 
 
 def residual_net(seed=0, model="ternary_lif", timesteps=4, encoding="direct", c=4, hw=8, prune=0.2,
-                 shortcut_scale=0.8):
+                 shortcut_scale=0.8, tap_prune=0.0):
     """conv stem -> residual block (identity shortcut with scale) -> strided block (1x1 conv
     shortcut) -> avgpool(2)+linear folded -> readout. Covers stride, padding, identity, pooling."""
     rng = np.random.default_rng(seed)
@@ -57,6 +57,10 @@ def residual_net(seed=0, model="ternary_lif", timesteps=4, encoding="direct", c=
         Projection("fc", "b2.out", "readout", "linear",
                    pooled_linear(_w(rng, 5, 2 * c * (hw // 4) ** 2), 2 * c, hw // 2, hw // 2, 2), rng.normal(0, 0.1, 5)),
     ]
+    if tap_prune:   # empty whole taps (all output channels) of a stride-1 and a stride-2 conv
+        for p in projs:
+            if p.name in ("b1.conv2", "b2.conv1"):
+                p.weight[:, rng.random(p.weight.shape[1:]) < tap_prune] = 0.0
     in_shape = (cin, hw, hw)
     return Network(pops, projs, timesteps, in_shape, encoding=encoding,
                    class_names=[f"class{i}" for i in range(5)],
@@ -84,3 +88,8 @@ def random_input(net: Network, n: int, seed=1, density=0.3):
     shape = (n, net.timesteps) + tuple(net.input_shape)
     s = (rng.random(shape) < density).astype(np.int8)
     return s * np.where(rng.random(shape) < 0.5, -1, 1).astype(np.int8)
+
+
+def residual_net_pruned_taps(**kw):
+    """residual_net with most taps of two convs empty: the compiler scatters those tap by tap."""
+    return residual_net(tap_prune=0.7, **kw)

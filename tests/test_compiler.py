@@ -159,8 +159,12 @@ def test_compiled_sizes():
     assert explicit.nbytes > kernel.nbytes
     assert compile_network(net, dtype="float32").nbytes < kernel.nbytes
     modes = {p.name: p.mode for p in kernel.projections}
-    assert modes == {"stem.conv": "conv", "b1.conv1": "conv", "b1.conv2": "conv", "b1.shortcut": "identity",
-                     "b2.conv1": "conv", "b2.conv2": "conv", "b2.shortcut": "conv", "fc": "csr"}
+    assert modes == {"stem.conv": "conv_rows", "b1.conv1": "conv_rows", "b1.conv2": "conv_rows",
+                     "b1.shortcut": "identity", "b2.conv1": "conv_rows", "b2.conv2": "conv_rows",
+                     "b2.shortcut": "conv_rows", "fc": "csr"}
+    # a kernel whose taps are mostly empty is scattered tap by tap (the empty taps cost nothing)
+    pruned = {p.name: p.mode for p in compile_network(networks.residual_net_pruned_taps(encoding="spikes")).projections}
+    assert pruned["b1.conv2"] == pruned["b2.conv1"] == "conv" and pruned["b1.conv1"] == "conv_rows"
     assert {p.name: p.mode for p in explicit.projections}["b1.conv1"] == "csr"
     direct = compile_network(networks.residual_net(encoding="direct"))
     assert direct.direct == [0] and direct.projections[0].mode == "dense"

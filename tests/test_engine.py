@@ -9,7 +9,7 @@ import networks
 import reference
 from conftest import ENCODINGS, MODELS, NETWORKS, case, ternary
 from evsim import compile_network, kernels as K, run, simulate
-from evsim.compiler import ConvGeometry, kernel_csr, to_channels_last
+from evsim.compiler import ConvGeometry, kernel_csr, row_kernel, to_channels_last
 from evsim.graph import INPUT, Network, Population, Projection
 from evsim.neurons import NEURON_MODELS
 
@@ -22,14 +22,15 @@ def per_sample(a: np.ndarray, value: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------ engine vs reference
+@pytest.mark.parametrize("driver", ["fused", "stepwise"])
 @pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
 @pytest.mark.parametrize("net_name", list(NETWORKS))
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("model", MODELS)
-def test_engine_matches_reference(model, encoding, net_name, conv_mode):
+def test_engine_matches_reference(model, encoding, net_name, conv_mode, driver):
     net, x, ref_out, ref_spikes, ref_ops = case(net_name, model, encoding)
     cn = compile_network(net, dtype="float64", conv_mode=conv_mode)
-    r = simulate(cn, x, record=True)
+    r = simulate(cn, x, record=True, fused=driver == "fused")
 
     # spike for spike
     assert set(r.spikes) == set(ref_spikes)
@@ -70,12 +71,13 @@ def test_engine_matches_reference(model, encoding, net_name, conv_mode):
         assert total_neg == 0
 
 
+@pytest.mark.parametrize("driver", ["fused", "stepwise"])
 @pytest.mark.parametrize("net_name", list(NETWORKS))
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("model", ["ternary_lif", "ctsn_event"])
-def test_float32_agrees_with_reference(model, encoding, net_name):
+def test_float32_agrees_with_reference(model, encoding, net_name, driver):
     net, x, ref_out, ref_spikes, _ = case(net_name, model, encoding, n=16, seed=3)
-    r = simulate(compile_network(net, dtype="float32"), x, record=True)
+    r = simulate(compile_network(net, dtype="float32"), x, record=True, fused=driver == "fused")
     assert r.outputs.dtype == np.float32
     assert np.mean(r.predictions == ref_out.argmax(1)) >= 0.9
     # float32 may flip a spike at the threshold; samples whose spikes all agree must agree closely
@@ -202,11 +204,14 @@ def _tol(dt):
     (1, 5, 6, 2, (1, 1), (2, 2), (0, 0)),
     (2, 4, 4, 5, (4, 4), (3, 1), (2, 1)),
 ])
-def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad):
+@pytest.mark.parametrize("path", ["taps", "rows"])
+@pytest.mark.parametrize("pruned", [True, False])
+def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad, path, pruned):
     rng = np.random.default_rng(c_in * 100 + h)
     wt = rng.normal(size=(c_out, c_in) + k)
-    wt[rng.random(wt.shape) < 0.3] = 0.0
-    wt[:, 0, 0, 0] = 0.0                                   # a fully pruned tap
+    if pruned:
+        wt[rng.random(wt.shape) < 0.3] = 0.0
+        wt[:, 0, 0, 0] = 0.0                               # a fully pruned tap
     ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
     wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
     n = 3
@@ -217,9 +222,15 @@ def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad):
     acc0 = rng.normal(size=(n, ho * wo, c_out)).astype(dt)
     acc = acc0.copy()
     ops = np.full(n, 5, dtype=np.int64)                    # counters accumulate
-    row_map, col_map = ConvGeometry(c_in, h, w, c_out, ho, wo, k, stride, pad).offset_maps()
-    K.scatter_conv(idx, sign, cnt, c_in, w, taps["tap_ptr"], taps["tap_y"], taps["tap_x"], taps["tap_w"],
-                   taps["tap_nnz"], row_map, col_map, wo, acc, ops)
+    geom = ConvGeometry(c_in, h, w, c_out, ho, wo, k, stride, pad)
+    row_map, col_map = geom.offset_maps()
+    if path == "taps":
+        K.scatter_conv(idx, sign, cnt, c_in, w, taps["tap_ptr"], taps["tap_y"], taps["tap_x"], taps["tap_w"],
+                       taps["tap_nnz"], row_map, col_map, wo, acc, ops)
+    else:
+        rows = row_kernel(wt, geom, dt)
+        K.scatter_conv_rows(idx, sign, cnt, c_in, w, k[0], k[1], row_map, rows["col_plan"], wo, c_out,
+                            rows["row_w"], rows["row_nnz_cum"], bool(rows["has_zeros"]), acc.reshape(n, -1), ops)
     expected = np.stack([reference.conv2d(frame[i].astype(float), wt, stride, pad) for i in range(n)])
     expected = acc0 + expected.reshape(n, c_out, ho * wo).transpose(0, 2, 1)
     np.testing.assert_allclose(acc, expected, **_tol(dt))
@@ -282,10 +293,11 @@ def _fire_numpy(model, prm, v, h, drive):
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("model", MODELS)
-def test_fire_and_advance_kernel(dt, model):
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_fire_and_advance_kernel(dt, model, channel_major):
     rng = np.random.default_rng(13)
     nm = NEURON_MODELS[model]
-    n, size = 3, 40
+    n, size, channels = 3, 45, 5         # 9 positions x 5 channels, channels-last (not a whole number of words)
     prm = np.array([0.25, 0.5, 0.6, 0.3, 0.55], dtype=dt)
     v = rng.normal(0, 0.7, size=(n, size)).astype(dt)
     v[0, :4] = [prm[1], -prm[1], np.nextafter(prm[1], dt(0)), 0.0]   # exactly at / just under the threshold
@@ -298,14 +310,17 @@ def test_fire_and_advance_kernel(dt, model):
     ev_cnt = np.zeros(n, dtype=np.int64)
     n_pos = np.full(n, 2, dtype=np.int64)
     n_neg = np.full(n, 1, dtype=np.int64)
-    K.fire_and_advance(nm.code, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive,
-                       ev_idx, ev_sign, ev_cnt, n_pos, n_neg)
+    frame = np.zeros((n, size), dtype=np.int8)
+    K.fire_and_advance(nm.code, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive, frame, channels,
+                       channel_major, ev_idx, ev_sign, ev_cnt, n_pos, n_neg)
     assert exp_spikes[0, 0] == 1 and exp_spikes[0, 2] == 0
     assert exp_spikes[0, 1] == (-1 if nm.ternary else 0)
     for i in range(n):
         nz = np.flatnonzero(exp_spikes[i])
+        if channel_major:                                              # channel by channel, positions ascending
+            nz = nz[np.lexsort((nz // channels, nz % channels))]
         assert ev_cnt[i] == nz.size
-        np.testing.assert_array_equal(ev_idx[i, :nz.size], nz)          # in neuron order
+        np.testing.assert_array_equal(ev_idx[i, :nz.size], nz)
         np.testing.assert_array_equal(ev_sign[i, :nz.size], exp_spikes[i, nz])
     np.testing.assert_array_equal(n_pos, 2 + (exp_spikes == 1).sum(1))
     np.testing.assert_array_equal(n_neg, 1 + (exp_spikes == -1).sum(1))
@@ -329,3 +344,20 @@ def test_collect_events_kernel(dt):
         np.testing.assert_array_equal(ev_idx[i, :nz.size], nz)
         np.testing.assert_array_equal(ev_sign[i, :nz.size], frame[i, nz].astype(np.int8))
     assert ev_cnt[1] == 0
+
+
+@pytest.mark.parametrize("driver", ["fused", "stepwise"])
+@pytest.mark.parametrize("model", ["ternary_lif", "ctsn_static"])
+def test_channel_major_events_match_reference(monkeypatch, model, driver):
+    """Populations feeding large convs emit events channel by channel; the order must not change a result."""
+    import evsim.compiler as C
+    monkeypatch.setattr(C, "CHANNEL_MAJOR_WEIGHT_BYTES", 0)      # every conv counts as large
+    net, x, ref_out, ref_spikes, ref_ops = case("residual_net", model, "spikes")
+    cn = compile_network(net, dtype="float64")
+    assert sum(p.channel_major for p in cn.populations) >= 3
+    r = simulate(cn, x, record=True, fused=driver == "fused")
+    for name, s in ref_spikes.items():
+        np.testing.assert_array_equal(r.spikes[name], s, err_msg=name)
+    np.testing.assert_allclose(r.outputs, ref_out, rtol=0, atol=1e-12)
+    for pr in net.projections:
+        np.testing.assert_array_equal(r.counters.synaptic_ops[pr.name], ref_ops[pr.name], err_msg=pr.name)

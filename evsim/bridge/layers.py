@@ -46,6 +46,7 @@ class SpikingNeuron(nn.Module, abc.ABC):
         self.record_membrane = False    # keep u~ per step in the graph (TMPR)
         self.track_rate = False         # keep the mean |spike| in the graph (activity regulariser)
         self.rate: torch.Tensor | None = None
+        self.spikes_numel = 0
         self.spikes: torch.Tensor | None = None
         self.membranes: list[torch.Tensor] = []
 
@@ -72,6 +73,7 @@ class SpikingNeuron(nn.Module, abc.ABC):
             self.spikes = spikes.detach()
         if self.track_rate:
             self.rate = spikes.abs().mean()
+            self.spikes_numel = spikes.numel()
         out = spikes * self.amplitude.to(spikes.dtype)
         return out.reshape(x.shape)
 

@@ -41,6 +41,7 @@ class TrainConfig:
     grad_clip: float | None = None   # clip the global gradient norm (learnable amplitudes feeding a readout
                                      # without BatchNorm can otherwise diverge at lr 0.1)
     seed: int = 0
+    init: str | None = None          # start from this checkpoint's weights (fine-tuning); same architecture
     dataset: str = "fashion-mnist"
     train_limit: int | None = None   # use only the first N training images (tests, smoke runs)
     test_limit: int | None = None
@@ -92,15 +93,36 @@ def save_checkpoint(path, model: SpikingNet, record: dict):
     os.replace(tmp, path)
 
 
-def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_size=256, device="cpu") -> float:
+def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_size=256, device="cpu",
+             with_rate: bool = False):
+    """Test accuracy; with ``with_rate``, also the firing rate over all spiking neurons.
+
+    The rate is what the engine's event count depends on, so the training
+    record keeps it per epoch when sparsity is being trained for.
+    """
     model.eval()
+    neurons = [m for _, m in model.neurons()]
+    saved = [m.track_rate for m in neurons]
+    for m in neurons:
+        m.track_rate = with_rate
     correct = 0
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i:i + batch_size]).to(device)
-            y = torch.from_numpy(labels[i:i + batch_size]).to(device)
-            correct += (model(x).argmax(1) == y).sum().item()
-    return correct / len(images)
+    nonzero = total = 0.0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                x = torch.from_numpy(images[i:i + batch_size]).to(device)
+                y = torch.from_numpy(labels[i:i + batch_size]).to(device)
+                correct += (model(x).argmax(1) == y).sum().item()
+                if with_rate:
+                    for m in neurons:
+                        n = m.spikes_numel
+                        nonzero += m.rate.item() * n
+                        total += n
+    finally:
+        for m, s in zip(neurons, saved):
+            m.track_rate = s
+    acc = correct / len(images)
+    return (acc, nonzero / total if total else 0.0) if with_rate else acc
 
 
 def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True) -> tuple[SpikingNet, dict]:
@@ -123,6 +145,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
 
     model = build_model(cfg.arch, neuron=cfg.neuron, timesteps=cfg.timesteps, in_channels=x_train.shape[1],
                         num_classes=int(y_train.max()) + 1, image_size=x_train.shape[-1], width=cfg.width)
+    if cfg.init:
+        start, _ = load_checkpoint(cfg.init)
+        if start.config != model.config:
+            from ..errors import EvsimError
+            raise EvsimError(f"{cfg.init}: its architecture {start.config} differs from the one asked for {model.config}")
+        model.load_state_dict(start.state_dict())
     model.to(device)
     neurons = [m for _, m in model.neurons()]
     decay, no_decay = [], []
@@ -171,9 +199,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 seen += len(idx)
                 loss_sum += loss.item() * len(idx)
                 correct += (logits.argmax(1) == yb).sum().item()
-        acc = evaluate(model, x_test, y_test, device=device)
+        acc, rate = evaluate(model, x_test, y_test, device=device, with_rate=True)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                        "test_acc_torch": acc, "elapsed_s": round(time.time() - t0, 1)})
+                        "test_acc_torch": acc, "test_firing_rate": rate, "elapsed_s": round(time.time() - t0, 1)})
         click.echo(json.dumps(history[-1]), err=True)
         if out is not None:
             record = {"train_config": asdict(cfg), "history": history, "torch_version": torch.__version__}

@@ -1,0 +1,122 @@
+"""Flatten a compiled network into the plain arrays the fused Numba driver reads.
+
+:func:`evsim.kernels.run_network` takes no Python objects, so the network
+becomes a small table program: one row of integers per projection (its
+kernel, source, target, geometry and offsets into shared buffers), the
+weights of all projections in one float buffer, their index arrays in one
+int64 buffer (int32 for CSR columns), and the schedule of one timestep as
+``(kind, index)`` pairs in topological order. The column layout of the
+projection table is defined next to the driver, in :mod:`evsim.kernels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels as K
+from .compiler import CompiledNetwork
+from .neurons import neuron_model
+
+
+@dataclass
+class Program:
+    steps: np.ndarray          # (S, 2) int64: (STEP_SCATTER, projection) or (STEP_FIRE, population)
+    desc: np.ndarray           # (J, DESC_WIDTH) int64, one row per projection (direct ones unused)
+    scale: np.ndarray          # (J,) identity scale per projection
+    ibuf: np.ndarray           # int64 index data of all projections
+    i32buf: np.ndarray         # int32 CSR column indices
+    fbuf: np.ndarray           # weights of all projections, in the engine dtype
+    pop_off: np.ndarray        # (P+1,) offsets of the populations in the flat state of a sample
+    h_off: np.ndarray          # (P+1,) offsets in the complement state (CTSN populations only)
+    pop_code: np.ndarray
+    pop_params: np.ndarray     # (P, 5)
+    pop_channels: np.ndarray
+    pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
+
+
+class _Buffer:
+    def __init__(self, dtype):
+        self.parts, self.size, self.dtype = [], 0, dtype
+
+    def add(self, a) -> int:
+        a = np.ascontiguousarray(a, dtype=self.dtype).reshape(-1)
+        off = self.size
+        self.parts.append(a)
+        self.size += a.size
+        return off
+
+    def array(self):
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
+
+
+def build_program(net: CompiledNetwork) -> Program:
+    """The program of ``net``, built once and kept on the compiled network."""
+    cached = getattr(net, "_program", None)
+    if cached is not None:
+        return cached
+    net._program = prog = _build(net)
+    return prog
+
+
+def _build(net: CompiledNetwork) -> Program:
+    dt = net.dtype
+    J = len(net.projections)
+    desc = np.full((J, K.DESC_WIDTH), -1, dtype=np.int64)
+    scale = np.zeros(J, dtype=dt)
+    ib, i32, fb = _Buffer(np.int64), _Buffer(np.int32), _Buffer(dt)
+    for j, cp in enumerate(net.projections):
+        d = desc[j]
+        d[K.D_SRC], d[K.D_DST] = cp.source, cp.target
+        a = cp.arrays
+        g = cp.geometry
+        if g is not None:
+            d[K.D_C_IN], d[K.D_H_IN], d[K.D_W_IN] = g.c_in, g.h_in, g.w_in
+            d[K.D_C_OUT], d[K.D_H_OUT], d[K.D_W_OUT] = g.c_out, g.h_out, g.w_out
+            d[K.D_KH], d[K.D_KW] = g.kernel
+        if cp.mode == "conv_rows":
+            d[K.D_MODE] = K.MODE_ROWS
+            d[K.D_O1] = ib.add(a["row_map"])
+            d[K.D_O2] = fb.add(a["row_w"])
+            d[K.D_O3] = ib.add(a["row_nnz_cum"])
+            d[K.D_O4] = ib.add(a["col_plan"])
+            d[K.D_FLAG] = int(a["has_zeros"])
+        elif cp.mode == "conv":
+            d[K.D_MODE] = K.MODE_TAPS
+            d[K.D_O1] = ib.add(a["tap_ptr"])
+            d[K.D_O2] = ib.add(a["tap_y"])
+            d[K.D_O3] = ib.add(a["tap_x"])
+            d[K.D_O4] = ib.add(a["tap_nnz"])
+            d[K.D_O5] = ib.add(a["row_map"])
+            d[K.D_O6] = ib.add(a["col_map"])
+            d[K.D_O7] = fb.add(a["tap_w"])
+            d[K.D_N] = a["tap_w"].shape[0]
+        elif cp.mode == "csr":
+            d[K.D_MODE] = K.MODE_CSR
+            d[K.D_O1] = ib.add(a["indptr"])
+            d[K.D_O2] = i32.add(a["indices"])
+            d[K.D_O3] = fb.add(a["data"])
+            d[K.D_N] = a["indptr"].shape[0] - 1
+        elif cp.mode == "identity":
+            d[K.D_MODE] = K.MODE_IDENTITY
+            scale[j] = cp.scale
+        # "dense" (direct input) projections run once in NumPy, before the driver
+    steps = []
+    for i in range(len(net.populations)):
+        steps += [(K.STEP_SCATTER, j) for j in net.incoming[i]]
+        steps.append((K.STEP_FIRE, i))
+    steps += [(K.STEP_SCATTER, j) for j in net.readout_incoming]
+    pops = net.populations
+    sizes = [p.size for p in pops]
+    hsizes = [p.size if neuron_model(p.model).has_complement else 0 for p in pops]
+    return Program(
+        steps=np.array(steps, dtype=np.int64).reshape(-1, 2),
+        desc=desc, scale=scale, ibuf=ib.array(), i32buf=i32.array(), fbuf=fb.array(),
+        pop_off=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        h_off=np.concatenate([[0], np.cumsum(hsizes)]).astype(np.int64),
+        pop_code=np.array([p.code for p in pops], dtype=np.int64),
+        pop_params=np.array([p.params for p in pops], dtype=dt).reshape(len(pops), 5),
+        pop_channels=np.array([p.channels for p in pops], dtype=np.int64),
+        pop_channel_major=np.array([p.channel_major for p in pops], dtype=np.int64),
+    )
