@@ -667,8 +667,8 @@ def hardware_scaling(lo: int, hi: int, reps: int = 5) -> dict:
     b = np.ones((hi, 4096), np.float32)
     vector_adds(a, b, 1)
     scalar_chain(hi, 10)
-    for label, fn in (("vector_adds_l1", lambda: vector_adds(a, b, 20000)),
-                      ("scalar_chain", lambda: scalar_chain(hi, 5_000_000))):
+    for label, fn in (("vector_adds_l1", lambda: vector_adds(a, b, 200000)),
+                      ("scalar_chain", lambda: scalar_chain(hi, 50_000_000))):
         t = {}
         for th in (lo, hi):
             set_threads(th)

@@ -456,3 +456,26 @@ def test_tiny_training_checkpoint_export_verify_cli(tmp_path, restore_threads):
     r = runner.invoke(main, ["verify", "-w", str(h5), "-c", str(tmp_path / "x.npy"), "-i", str(tmp_path / "x.npy")])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_records_the_rate(tmp_path, restore_threads):
+    base = tmp_path / "base.pt"
+    cfg = TrainConfig(arch="convnet", width=4, epochs=1, batch_size=32, train_limit=128, test_limit=64, threads=1)
+    start, _ = train(cfg, out=base, progress=False)
+    # lr 0: one epoch of "training" from the checkpoint must leave its weights as they were
+    tuned, record = train(TrainConfig(**{**cfg.__dict__, "init": str(base), "lr": 0.0, "rate_reg": 1.0}),
+                          progress=False)
+    for (k, a), (_, b) in zip(start.state_dict().items(), tuned.state_dict().items()):
+        if a.dtype.is_floating_point and "running" not in k:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    h = record["history"][0]
+    assert 0.0 < h["test_firing_rate"] < 1.0
+    # the rate is the one the model itself shows on the same images
+    from evsim.bridge.train import evaluate
+    from evsim.datasets import load_dataset
+    x, y = load_dataset("fashion-mnist", "test")
+    acc, rate = evaluate(tuned, x[:64], y[:64], with_rate=True)
+    assert rate == pytest.approx(h["test_firing_rate"]) and acc == pytest.approx(h["test_acc_torch"])
+    # another architecture cannot start from it
+    with pytest.raises(EvsimError, match="architecture"):
+        train(TrainConfig(**{**cfg.__dict__, "init": str(base), "width": 8}), progress=False)
