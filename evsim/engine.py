@@ -161,9 +161,18 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     dt = net.dtype
     prog = build_program(net)
     n_total = int(prog.pop_off[-1])
-    drives, direct_out = _initial_state(net, x)
-    drive = np.concatenate(drives, axis=1) if drives else np.zeros((N, 0), dtype=dt)
-    v = drive.copy()                   # step 1 starts from rest: u = 0 + drive
+    # drive = folded biases + the direct-input current; the driver starts v from it (rest: u = 0 + drive)
+    drive = np.empty((N, n_total), dtype=dt)
+    drive[:] = prog.bias
+    direct_out = np.zeros((N, net.n_outputs), dtype=dt)
+    for pi in net.direct:
+        cp = net.projections[pi]
+        cur = _direct_current(net, pi, x)
+        if cp.target < 0:
+            direct_out += cur
+        else:
+            drive[:, prog.pop_off[cp.target]:prog.pop_off[cp.target + 1]] += cur
+    v = np.empty_like(drive)
     h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
     max_pop = max((p.size for p in net.populations), default=0)
     frame = np.empty((N, max_pop), dtype=np.int8)

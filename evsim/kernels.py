@@ -370,6 +370,8 @@ def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ib
     of the flat per-sample vector. ``spikes`` (N, T, n_neurons) is written
     only when ``record``.
 
+    ``v`` starts as a copy of ``drive`` (step 1 from rest: u = 0 + drive).
+
     The batch is cut into ``n_groups`` contiguous groups of samples, one
     ``prange`` iteration each (one per thread). A thread runs its group
     layer by layer, each layer for all its samples before the next, so a
@@ -381,6 +383,8 @@ def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ib
     for g in prange(n_groups):
         first = g * per_group
         last = min(n_samples, first + per_group)
+        for n in range(first, last):
+            v[n, :] = drive[n, :]
         for t in range(timesteps):
             if spike_input:
                 for n in range(first, last):

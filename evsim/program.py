@@ -34,6 +34,7 @@ class Program:
     pop_params: np.ndarray     # (P, 5)
     pop_channels: np.ndarray
     pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
+    bias: np.ndarray                # (n_neurons,) folded biases of all populations, concatenated
 
 
 class _Buffer:
@@ -119,4 +120,5 @@ def _build(net: CompiledNetwork) -> Program:
         pop_params=np.array([p.params for p in pops], dtype=dt).reshape(len(pops), 5),
         pop_channels=np.array([p.channels for p in pops], dtype=np.int64),
         pop_channel_major=np.array([p.channel_major for p in pops], dtype=np.int64),
+        bias=(np.concatenate([p.bias for p in pops]) if pops else np.zeros(0)).astype(dt),
     )
