@@ -286,7 +286,7 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     set_threads(1)
     best1 = cmp["best"][1]["evsim"]["batch"] if 1 in cmp["best"] else 64
     prof = profile_evsim(net, x[:max(best1, cfg["min_samples"], 2 * best1)], best1)
-    return {"weights": str(paths["weights"]), "checkpoint": str(paths["checkpoint"]),
+    return {"name": Path(paths["dir"]).name, "weights": str(paths["weights"]), "checkpoint": str(paths["checkpoint"]),
             "notes": paths.get("notes", []), "architecture": ckpt.get("config", {}),
             "timesteps": network.timesteps, "input_shape": list(network.input_shape),
             "compiled_nbytes": net.nbytes, "comparison": cmp,

@@ -31,7 +31,10 @@ def evaluate_targets(R: dict) -> list[dict]:
     cfg = R["config"]
     out = []
 
-    for case, label in (("shipped", "shipped ResNet-8 (Fashion-MNIST)"), ("resnet19", "ResNet-19 (width 128, 32x32)")):
+    shipped = [(k, f"shipped model `{C[k]['name']}` (Fashion-MNIST, firing rate {_pct(C[k]['activity']['firing_rate'])})")
+               for k in C if k.split(":")[0] == "shipped" and "activity" in C[k]]
+    for case, label in shipped + [("resnet19", "ResNet-19 (width 128, 32x32, every layer at "
+                                                f"{_pct(cfg['r19_target_rate'], 0)})")]:
         c = C.get(case)
         t = {"name": f"end-to-end throughput, {label}", "target": f">= {TARGET_RATIO:g}x the faster PyTorch variant, "
              "each side at its best batch, same threads", "status": None, "measured": "-", "why": ""}
@@ -249,10 +252,10 @@ def write_markdown(R: dict, path) -> str:
     if R.get("errors"):
         L += ["", "Cases that failed: " + "; ".join(f"{k}: {v}" for k, v in R["errors"].items())]
 
-    c = C.get("shipped")
-    if c:
+    for key in [k for k in C if k.split(":")[0] == "shipped"]:
+        c = C[key]
         a = c["activity"]
-        L += ["", "## 1. Shipped model on Fashion-MNIST test images", "",
+        L += ["", f"## 1. Shipped model `{c['name']}` on Fashion-MNIST test images", "",
               f"`{c['weights']}` (checkpoint `{c['checkpoint']}`): {c['architecture'].get('arch', '?')} width "
               f"{c['architecture'].get('width', '?')}, T={c['timesteps']}, input {tuple(c['input_shape'])}; compiled "
               f"network {c['compiled_nbytes'] / 2**20:.2f} MiB. Firing rate {_pct(a['firing_rate'], 2)} "

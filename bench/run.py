@@ -70,6 +70,7 @@ def resolve_model(model_dir: Path, tmp: Path) -> dict:
              "sample": model_dir / "samples" / "sample0.npy", "notes": []}
     if not paths["checkpoint"].exists():
         raise SystemExit(f"error: {paths['checkpoint']} not found (use --model-dir)")
+    tmp.mkdir(parents=True, exist_ok=True)
     if not paths["weights"].exists():
         from evsim.bridge.fold import fold_model
         from evsim.bridge.train import load_checkpoint
@@ -111,8 +112,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and batch sizes (~2 minutes)")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown report (results.json goes beside it)")
     ap.add_argument("--json", dest="json_out", help="JSON results (default: results.json beside --out)")
-    ap.add_argument("--model-dir", default=str(HERE.parent / "models" / "fmnist-resnet8-ternary"),
-                    help="shipped model: model.pt, folded.h5, samples/sample0.npy")
+    ap.add_argument("--model-dir", action="append",
+                    help="shipped model: model.pt, folded.h5, samples/sample0.npy; repeat to benchmark several "
+                         "(the first also serves the memory and start-up cases; default "
+                         "models/fmnist-resnet8-ternary)")
     ap.add_argument("--threads", default="1,2", help="thread counts to compare (default 1,2)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
     args = ap.parse_args(argv)
@@ -149,24 +152,33 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="evsim-bench-"))
     r19 = None
     try:
-        paths = resolve_model(Path(args.model_dir), tmp) if {"shipped", "memory", "startup"} & set(wanted) else None
+        dirs = args.model_dir or [str(HERE.parent / "models" / "fmnist-resnet8-ternary")]
+        all_paths = [resolve_model(Path(d), tmp / f"m{i}") for i, d in enumerate(dirs)] \
+            if {"shipped", "memory", "startup"} & set(wanted) else []
+        paths = all_paths[0] if all_paths else None
         if paths:
-            meta["model_dir"] = str(paths["dir"])
-            meta["model_notes"] = list(paths["notes"])
+            meta["model_dir"] = ", ".join(str(p["dir"]) for p in all_paths)
+            meta["model_notes"] = [n for p in all_paths for n in p["notes"]]
 
-        def attempt(name, fn):
+        def attempt_as(key, name, fn):
             if name not in wanted:
                 return
             t0 = time.perf_counter()
             try:
-                R["cases"][name] = fn()
-                R["cases"][name]["case_seconds"] = time.perf_counter() - t0
+                R["cases"][key] = fn()
+                R["cases"][key]["case_seconds"] = time.perf_counter() - t0
             except Exception as e:  # keep going: one broken case must not lose the others
                 traceback.print_exc()
-                R["errors"][name] = f"{type(e).__name__}: {e}"
-            log(f"{name} done in {time.perf_counter() - t0:.1f} s")
+                R["errors"][key] = f"{type(e).__name__}: {e}"
+            log(f"{key} done in {time.perf_counter() - t0:.1f} s")
 
-        attempt("shipped", lambda: case_shipped(cfg, paths))
+        def attempt(name, fn):
+            attempt_as(name, name, fn)
+
+        for i, pth in enumerate(all_paths):
+            # the first model is "shipped"; others "shipped:<directory name>"
+            key = "shipped" if i == 0 else f"shipped:{Path(pth['dir']).name}"
+            attempt_as(key, "shipped", lambda pth=pth: case_shipped(cfg, pth))
         if {"resnet19", "linearity"} & set(wanted):
             t0 = time.perf_counter()
             try:
