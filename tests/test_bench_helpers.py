@@ -1,0 +1,32 @@
+"""The benchmark's own helpers that decide what is measured (bench/ is not a package)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from synthetic import calibrate_layers  # noqa: E402
+
+from evsim import compile_network, run  # noqa: E402
+from evsim.bridge.fold import fold_model  # noqa: E402
+from evsim.bridge.models import build_model  # noqa: E402
+from evsim.reports import build_report  # noqa: E402
+
+
+def test_calibrate_layers_gives_every_layer_the_target_rate():
+    torch.manual_seed(0)
+    model = build_model("resnet8", width=4, in_channels=1, image_size=16, timesteps=4).eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32))
+    cal = calibrate_layers(model, x, target=0.15, std=0.12, tol=0.01)
+    assert set(cal["layer_rates"]) == {name for name, _ in model.neurons()}
+    for name, r in cal["layer_rates"].items():
+        assert abs(r - 0.15) <= 0.02, (name, r)
+    # the folded network fires the same in the engine, on the calibration inputs
+    net = compile_network(fold_model(model, input_range=(0.0, 1.0)), dtype="float64")
+    rep = build_report(net, run(net, x.numpy()))
+    for layer in rep.populations:
+        assert layer.firing_rate == pytest.approx(cal["layer_rates"][layer.name], abs=1e-9), layer.name
