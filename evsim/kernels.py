@@ -46,6 +46,14 @@ _PARALLEL = dict(_SERIAL, parallel=True)
 
 
 # ------------------------------------------------------------ per sample
+@njit(cache=True, inline="always")
+def _decode(idx, c_in, w_in):
+    """Channel, row and column of a channels-last event index ``(y * w_in + x) * c_in + c``."""
+    p = idx // c_in
+    y = p // w_in
+    return idx - p * c_in, y, p - y * w_in
+
+
 @njit(**_SERIAL)
 def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, tap_nnz,
               row_map, col_map, w_out, acc):
@@ -65,11 +73,7 @@ def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, ta
     c_out = tap_w.shape[1]
     ops = 0
     for e in range(cnt):
-        idx = ev_idx[e]
-        p = idx // c_in
-        ci = idx - p * c_in
-        y = p // w_in
-        x = p - y * w_in
+        ci, y, x = _decode(ev_idx[e], c_in, w_in)
         positive = ev_sign[e] > 0
         for k in range(tap_ptr[ci], tap_ptr[ci + 1]):
             oy = row_map[y, tap_y[k]]
@@ -109,11 +113,7 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     """
     ops = 0
     for e in range(cnt):
-        idx = ev_idx[e]
-        p = idx // c_in
-        ci = idx - p * c_in
-        y = p // w_in
-        x = p - y * w_in
+        ci, y, x = _decode(ev_idx[e], c_in, w_in)
         n_taps = col_plan[x, 1]
         if n_taps == 0:
             continue
@@ -139,11 +139,7 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
         # pass of their own keeps the loop above free of table lookups (which, measured,
         # cost it 2.5x), and this pass runs only for kernels that contain zeros.
         for e in range(cnt):
-            idx = ev_idx[e]
-            p = idx // c_in
-            ci = idx - p * c_in
-            y = p // w_in
-            x = p - y * w_in
+            ci, y, x = _decode(ev_idx[e], c_in, w_in)
             n_taps = col_plan[x, 1]
             if n_taps == 0:
                 continue
