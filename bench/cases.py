@@ -15,6 +15,7 @@ import numpy as np
 
 import evsim
 from evsim import kernels as K
+from evsim import memory as evsim_memory
 from evsim.compiler import CHANNEL_MAJOR_WEIGHT_BYTES, ConvGeometry, conv_explicit_nnz, conv_geometry, row_kernel
 from evsim.engine import run as evsim_run
 from evsim.reports import build_report
@@ -380,7 +381,10 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
     a = row_kernel(w, geom, np.float32)
     channel_major = a["row_w"].nbytes > CHANNEL_MAJOR_WEIGHT_BYTES
     idx, sign, cnt = _events(rng, n_samples, c_in, hw, density, channel_major)
-    acc = np.zeros((n_samples, hw * hw * c_out), np.float32)
+    # weights and accumulators in the memory the engine gives them (evsim.memory: huge pages)
+    a["row_w"] = evsim_memory.copy(a["row_w"])
+    acc = evsim_memory.empty((n_samples, hw * hw * c_out), np.float32)
+    acc[...] = 0.0
     ops = np.zeros(n_samples, np.int64)
     row_map = geom.offset_maps()[0]
     args = (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["row_nnz_cum"],

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from . import kernels as K
+from . import memory
 from .compiler import CompiledNetwork, from_channels_last, to_channels_last
 from .errors import InputError
 from .neurons import neuron_model
@@ -162,7 +163,7 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     prog = build_program(net)
     n_total = int(prog.pop_off[-1])
     # drive = folded biases + the direct-input current; the driver starts v from it (rest: u = 0 + drive)
-    drive = np.empty((N, n_total), dtype=dt)
+    drive = memory.empty((N, n_total), dt)
     drive[:] = prog.bias
     direct_out = np.zeros((N, net.n_outputs), dtype=dt)
     for pi in net.direct:
@@ -172,12 +173,12 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
             direct_out += cur
         else:
             drive[:, prog.pop_off[cp.target]:prog.pop_off[cp.target + 1]] += cur
-    v = np.empty_like(drive)
+    v = memory.empty((N, n_total), dt)
     h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
     max_pop = max((p.size for p in net.populations), default=0)
-    frame = np.empty((N, max_pop), dtype=np.int8)
-    ev_idx = np.empty((N, n_total), dtype=np.int32)
-    ev_sign = np.empty((N, n_total), dtype=np.int8)
+    frame = memory.empty((N, max_pop), np.int8)
+    ev_idx = memory.empty((N, n_total), np.int32)
+    ev_sign = memory.empty((N, n_total), np.int8)
     P, J = len(net.populations), len(net.projections)
     ev_cnt = np.zeros((N, P), dtype=np.int64)
     n_pos = np.zeros((N, P), dtype=np.int64)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as K
+from . import memory
 from .compiler import CompiledNetwork
 from .neurons import neuron_model
 
@@ -113,7 +114,7 @@ def _build(net: CompiledNetwork) -> Program:
     hsizes = [p.size if neuron_model(p.model).has_complement else 0 for p in pops]
     return Program(
         steps=np.array(steps, dtype=np.int64).reshape(-1, 2),
-        desc=desc, scale=scale, ibuf=ib.array(), i32buf=i32.array(), fbuf=fb.array(),
+        desc=desc, scale=scale, ibuf=ib.array(), i32buf=i32.array(), fbuf=memory.copy(fb.array()),
         pop_off=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         h_off=np.concatenate([[0], np.cumsum(hsizes)]).astype(np.int64),
         pop_code=np.array([p.code for p in pops], dtype=np.int64),

@@ -1,0 +1,48 @@
+"""Memory for the arrays the hot loops stream through: 2 MiB-aligned, huge-page backed.
+
+With ordinary 4 KiB pages, where a layer's weights and accumulators land in
+the physically indexed L2 cache depends on which pages the kernel hands
+out; measured on this machine (bench, conv scatter 128->128 on 32x32), the
+same call ran at 14.3 G additions/s in some processes and 10.4 in others.
+Backed by transparent huge pages (2 MiB, physically contiguous) the runs
+were consistently fast. So the weight buffer and the membrane/drive state
+are allocated here: an anonymous mapping, aligned to 2 MiB and advised
+``MADV_HUGEPAGE``. Where the system offers no huge pages (THP ``never``, no
+``madvise``), this is an ordinary aligned allocation and nothing changes.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+HUGE = 2 << 20
+_MIN_BYTES = 256 << 10       # smaller arrays gain nothing worth a 2 MiB mapping
+
+
+def empty(shape, dtype) -> np.ndarray:
+    """Like ``np.empty``; large arrays come 2 MiB-aligned and advised for huge pages."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    nbytes = n * dtype.itemsize
+    if nbytes < _MIN_BYTES:
+        return np.empty(shape, dtype=dtype)
+    size = -(-nbytes // HUGE) * HUGE + HUGE
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = np.frombuffer(m, dtype=np.uint8)
+    off = (-buf.ctypes.data) % HUGE
+    advise = getattr(m, "madvise", None)
+    if advise is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            advise(mmap.MADV_HUGEPAGE, off, size - off)
+        except OSError:
+            pass
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` in :func:`empty` memory."""
+    out = empty(a.shape, a.dtype)
+    out[...] = a
+    return out
