@@ -144,6 +144,28 @@ def _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input
     return SimulationResult(outputs=outputs, counters=counters, timesteps=T, spikes=spikes)
 
 
+def _take_workspace(prog, N, n_total, max_pop, dt):
+    """The large state arrays of a batch of N: reused from the previous batch of the same size.
+
+    A batch touches tens of MB of state; allocating it afresh every batch
+    costs page faults (and, with huge pages, zeroing 2 MiB pages) on every
+    call. Every array here is fully written before it is read. A workspace
+    in use is taken out of the cache, so concurrent calls on the same
+    network each get their own.
+    """
+    cache = prog.workspaces
+    ws = cache.pop(N, None)
+    if ws is None:
+        ws = (memory.empty((N, n_total), dt), memory.empty((N, n_total), dt), memory.empty((N, max_pop), np.int8),
+              memory.empty((N, n_total), np.int32), memory.empty((N, n_total), np.int8))
+    return ws
+
+
+def _give_back_workspace(prog, N, ws):
+    prog.workspaces.clear()          # keep one batch size only: memory stays bounded
+    prog.workspaces[N] = ws
+
+
 def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: bool = True) -> SimulationResult:
     """Run one batch. ``x`` as accepted by :func:`check_input`.
 
@@ -162,8 +184,9 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     dt = net.dtype
     prog = build_program(net)
     n_total = int(prog.pop_off[-1])
+    ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt)
+    drive, v, frame, ev_idx, ev_sign = ws
     # drive = folded biases + the direct-input current; the driver starts v from it (rest: u = 0 + drive)
-    drive = memory.empty((N, n_total), dt)
     drive[:] = prog.bias
     direct_out = np.zeros((N, net.n_outputs), dtype=dt)
     for pi in net.direct:
@@ -173,12 +196,7 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
             direct_out += cur
         else:
             drive[:, prog.pop_off[cp.target]:prog.pop_off[cp.target + 1]] += cur
-    v = memory.empty((N, n_total), dt)
     h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
-    max_pop = max((p.size for p in net.populations), default=0)
-    frame = memory.empty((N, max_pop), np.int8)
-    ev_idx = memory.empty((N, n_total), np.int32)
-    ev_sign = memory.empty((N, n_total), np.int8)
     P, J = len(net.populations), len(net.projections)
     ev_cnt = np.zeros((N, P), dtype=np.int64)
     n_pos = np.zeros((N, P), dtype=np.int64)
@@ -204,6 +222,7 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
                   prog.pop_off, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels, prog.pop_channel_major,
                   xs, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64),
                   n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec)
+    _give_back_workspace(prog, N, ws)
     spikes = None
     if record:
         off = prog.pop_off

@@ -11,7 +11,7 @@ projection table is defined next to the driver, in :mod:`evsim.kernels`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Program:
     pop_channels: np.ndarray
     pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
     bias: np.ndarray                # (n_neurons,) folded biases of all populations, concatenated
+    workspaces: dict = field(default_factory=dict)   # batch size -> state arrays reused between batches
 
 
 class _Buffer:

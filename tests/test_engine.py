@@ -361,3 +361,21 @@ def test_channel_major_events_match_reference(monkeypatch, model, driver):
     np.testing.assert_allclose(r.outputs, ref_out, rtol=0, atol=1e-12)
     for pr in net.projections:
         np.testing.assert_array_equal(r.counters.synaptic_ops[pr.name], ref_ops[pr.name], err_msg=pr.name)
+
+
+def test_reused_state_between_batches_changes_nothing():
+    """The engine keeps a batch's state arrays for the next batch of the same size; results must not leak."""
+    net = networks.residual_net(model="ctsn_static", encoding="direct")
+    cn = compile_network(net, dtype="float64")
+    x = networks.random_input(net, 6, seed=5)
+    first = simulate(cn, x[:3], record=True)
+    kept = {k: v.copy() for k, v in first.counters.synaptic_ops.items()}
+    second = simulate(cn, x[3:], record=True)          # same batch size: reuses the arrays
+    again = simulate(cn, x[:3], record=True)
+    np.testing.assert_array_equal(again.outputs, first.outputs)
+    for name in first.spikes:
+        np.testing.assert_array_equal(again.spikes[name], first.spikes[name])
+    for k in kept:                                      # results handed out are not overwritten later
+        np.testing.assert_array_equal(first.counters.synaptic_ops[k], kept[k])
+    ref_out = reference.simulate(net, x[3:])[0]
+    np.testing.assert_allclose(second.outputs, ref_out, rtol=0, atol=1e-12)
