@@ -118,22 +118,26 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
         if n_taps == 0:
             continue
         ox = col_plan[x, 2]
-        n = n_taps * c_out
-        w0 = (ci * kh * kw + col_plan[x, 0]) * c_out
+        # Unsigned offsets into the whole arrays, not slices: an index that cannot be
+        # negative needs no wrap-around test, so the loop vectorises; and a slice would
+        # take a reference on the shared array's meminfo (an atomic update of one cache
+        # line that all threads would fight over, once per run).
+        n = np.uint64(n_taps * c_out)
+        w0 = np.uint64((ci * kh * kw + col_plan[x, 0]) * c_out)
         positive = ev_sign[e] > 0
         for ky in range(kh):
             oy = row_map[y, ky]
             if oy < 0:
                 continue
-            a = acc[(oy * w_out + ox) * c_out:]
-            w = row_w[w0 + ky * kw * c_out:]
+            a0 = np.uint64((oy * w_out + ox) * c_out)
+            b0 = w0 + np.uint64(ky * kw * c_out)
             if positive:
                 for j in range(n):
-                    a[j] += w[j]
+                    acc[a0 + j] += row_w[b0 + j]
             else:
                 for j in range(n):
-                    a[j] -= w[j]
-            ops += n
+                    acc[a0 + j] -= row_w[b0 + j]
+            ops += n_taps * c_out
     if has_zeros:
         # Zero weights were added but are no synaptic operations. Counting them in a
         # pass of their own keeps the loop above free of table lookups (which, measured,
