@@ -97,7 +97,8 @@ def main():
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--energy-model", default="45nm-fp32", show_default=True, help="Energy per operation (see README).")
 @click.option("--conv-mode", type=click.Choice(["kernel", "explicit"]), default="kernel", show_default=True,
-              help="Weight-shared kernel CSR, or an explicit per-neuron CSR (memory-guarded).")
+              help="Weight-shared conv kernels (whole kernel rows, or taps for mostly empty kernels), "
+                   "or an explicit per-neuron CSR (memory-guarded).")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for the engine (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 @user_errors
