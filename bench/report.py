@@ -158,7 +158,7 @@ def evaluate_targets(R: dict) -> list[dict]:
                 t["why"] += (f"The machine itself gives less than 2x to this kind of work: the same two threads run "
                              f"independent vector adds over data in L1 {v:.2f}x faster than one thread, while a "
                              f"latency-bound scalar loop gets {sc:.2f}x (bench/probe.py; the vector figure varies "
-                             f"between runs, 1.3-1.6x seen) -- consistent with two vCPUs that share a physical core's "
+                             f"between runs, 1.2-1.6x seen) -- consistent with two vCPUs that share a physical core's "
                              f"vector units or bandwidth. ")
             t["why"] += ("PyTorch's speed-up on the same runs: " + "; ".join(
                 f"{case} {c[case]['torch_folded']['speedup']:.2f}x" for case in ("shipped", "resnet19") if case in c)
