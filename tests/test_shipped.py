@@ -1,5 +1,5 @@
-"""The shipped trained model: it verifies spike-exactly, runs from the README command, and its
-model card's accuracy is what the engine measures on the full Fashion-MNIST test set."""
+"""The shipped trained models: each verifies spike-exactly; the README's model runs from the README
+command, and its model card's accuracy is what the engine measures on the full Fashion-MNIST test set."""
 
 from __future__ import annotations
 
@@ -12,22 +12,30 @@ from click.testing import CliRunner
 
 from evsim.cli import main
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "fmnist-resnet8-ternary"   # the README's model
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODEL = MODELS_DIR / "fmnist-resnet8-ternary"   # the README's model
+SHIPPED = sorted(d.name for d in MODELS_DIR.iterdir() if (d / "model.pt").exists())
 
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_shipped_files_exist():
+def test_every_shipped_model_is_listed():
+    assert {"fmnist-resnet8-ternary", "fmnist-resnet8-ternary-e4", "fmnist-resnet8-ternary-sparse"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_files_exist(name):
     for f in ("model.pt", "folded.h5", "CARD.md", "card.json", "samples/sample0.npy", "samples/batch8.npy",
               "samples/labels8.npy"):
-        assert (MODEL / f).is_file(), f
+        assert (MODELS_DIR / name / f).is_file(), f
 
 
-def test_shipped_model_verifies_on_its_samples():
-    r = invoke("verify", "-w", MODEL / "folded.h5", "-c", MODEL / "model.pt", "-i", MODEL / "samples/batch8.npy",
-               "--json")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_verifies_on_its_samples(name):
+    d = MODELS_DIR / name
+    r = invoke("verify", "-w", d / "folded.h5", "-c", d / "model.pt", "-i", d / "samples/batch8.npy", "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["passed"]
@@ -54,6 +62,19 @@ def test_per_layer_counts_are_consistent():
             src = pops[pr["source"]]
             assert pr["events_in"] == pytest.approx(src["spikes_pos"] + src["spikes_neg"])
     assert doc["totals"]["spikes_neg"] > 0
+
+
+def test_sparse_model_fires_as_its_card_says():
+    """The sparse model, measured by the engine on the 8 sample images, fires far less than the main
+    model, and its card records a test-set firing rate in the sparse range."""
+    card = json.loads((MODELS_DIR / "fmnist-resnet8-ternary-sparse" / "card.json").read_text())
+    rates = {}
+    for name in ("fmnist-resnet8-ternary", "fmnist-resnet8-ternary-sparse"):
+        d = MODELS_DIR / name
+        r = invoke("run", "-w", d / "folded.h5", "-i", d / "samples/batch8.npy", "--json")
+        rates[name] = json.loads(r.output)["totals"]["firing_rate"]
+    assert rates["fmnist-resnet8-ternary-sparse"] < 0.25 < 0.6 < rates["fmnist-resnet8-ternary"]
+    assert 0.05 < card["totals"]["firing_rate"] < 0.2
 
 
 @pytest.mark.slow
