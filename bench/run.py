@@ -41,7 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 QUICK = dict(
     quick=True, seed=0, threads=[1, 2],
     shipped_batches=[1, 16, 64], reps=3, min_samples=32, max_rep_s=3.0, shipped_eval_samples=256,
-    r19_batches=[1, 4, 16], r19_reps=3, r19_min_samples=2, r19_max_rep_s=4.0, r19_calib_samples=2,
+    r19_batches=[1, 4, 16, 32], r19_reps=3, r19_min_samples=2, r19_max_rep_s=4.0, r19_calib_samples=2,
     r19_target_rate=0.12, r19_bn_std=0.12,
     kern_cout=[16, 32, 64, 128], kern_reps=5, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
     kern_shapes=[[256, 256, 16], [512, 512, 8]],
@@ -52,7 +52,7 @@ QUICK = dict(
 FULL = dict(
     quick=False, seed=0, threads=[1, 2],
     shipped_batches=[1, 16, 64, 256], reps=5, min_samples=64, max_rep_s=5.0, shipped_eval_samples=1024,
-    r19_batches=[1, 4, 8, 16], r19_reps=5, r19_min_samples=4, r19_max_rep_s=6.0, r19_calib_samples=4,
+    r19_batches=[1, 4, 8, 16, 32], r19_reps=5, r19_min_samples=4, r19_max_rep_s=6.0, r19_calib_samples=4,
     r19_target_rate=0.12, r19_bn_std=0.12,
     kern_cout=[16, 32, 64, 128], kern_reps=9, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
     kern_shapes=[[256, 256, 16], [512, 512, 8]],
