@@ -75,6 +75,12 @@ def evsim_callable(net):
     return f
 
 
+def compared_impls(net, model, folded) -> dict:
+    """The three implementations every end-to-end case times (keys: IMPLS)."""
+    return {"evsim": evsim_callable(net), "torch_model": torch_callable(model),
+            "torch_folded": torch_callable(folded)}
+
+
 def compare_impls(impls: dict, x: np.ndarray, threads: list[int], batches: list[int], reps: int,
                   min_samples: int, max_rep_s: float, what: str) -> dict:
     """Throughput table: threads -> batch -> impl -> summary; plus best batch per impl and thread."""
@@ -258,8 +264,7 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     model, ckpt = load_checkpoint(paths["checkpoint"])
     model = model.float().eval()
     folded = FoldedTorch(network)
-    impls = {"evsim": evsim_callable(net), "torch_model": torch_callable(model),
-             "torch_folded": lambda xb: folded(torch.from_numpy(xb))}
+    impls = compared_impls(net, model, folded)
     threads = cfg["threads"]
     cmp = compare_impls(impls, x, threads, cfg["shipped_batches"], cfg["reps"], cfg["min_samples"],
                         cfg["max_rep_s"], "shipped")
@@ -332,8 +337,7 @@ def case_resnet19(cfg: dict, r19: dict) -> dict:
     rng = np.random.default_rng(cfg["seed"] + 1)
     need = max(max(b, cfg["r19_min_samples"]) for b in cfg["r19_batches"])
     x = rng.random((need, 3, 32, 32), dtype=np.float32)
-    impls = {"evsim": evsim_callable(net), "torch_model": torch_callable(model),
-             "torch_folded": lambda xb: folded(torch.from_numpy(xb))}
+    impls = compared_impls(net, model, folded)
     threads = cfg["threads"]
     cmp = compare_impls(impls, x, threads, cfg["r19_batches"], cfg["r19_reps"], cfg["r19_min_samples"],
                         cfg["r19_max_rep_s"], "resnet19")
@@ -495,7 +499,7 @@ def case_linearity(cfg: dict, r19: dict) -> dict:
         if torch_sec is None:
             # the dense run costs the same at any firing rate: time it once, same thread count and batch
             folded = FoldedTorch(fold_model(model, input_range=(0.0, 1.0)))
-            tt = throughput({"torch_folded": lambda xb: folded(torch.from_numpy(xb))}, x, cfg["lin_batch"],
+            tt = throughput({"torch_folded": torch_callable(folded)}, x, cfg["lin_batch"],
                             cfg["lin_reps"], cfg["lin_samples"], max_rep_s=30.0)["torch_folded"]
             torch_sec = summarize([1.0 / v for v in tt["values"]])
         points[-1]["speed_vs_torch_folded"] = torch_sec["median"] / points[-1]["seconds_per_sample"]["median"]

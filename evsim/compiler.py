@@ -232,12 +232,10 @@ def row_kernel(weight: np.ndarray, geom: ConvGeometry, dtype) -> dict:
         xp = x + pad
         r = xp % s
         group = list(range(r, kw, s))[::-1]        # taps in storage order; output column rises by 1 along it
-        first = None
         for i, kx in enumerate(group):
             ox = (xp - kx) // s
             if 0 <= ox < geom.w_out:
-                if first is None:
-                    first = i
+                if plan[x, 1] == 0:                    # the first tap that lands inside the map
                     plan[x, 0], plan[x, 2] = group_start[r] + i, ox
                 plan[x, 1] += 1
     return dict(row_w=np.ascontiguousarray(w.astype(dtype)).reshape(-1), row_nnz_cum=cum.reshape(-1),

@@ -109,22 +109,20 @@ def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
     return (cols @ wt).reshape(n, g.h_out * g.w_out * g.c_out)
 
 
-def _initial_state(net: CompiledNetwork, x: np.ndarray):
-    """Biases plus the direct-input current, per population (flat, channels-last), and the readout's."""
-    dt = net.dtype
-    N = x.shape[0]
-    drive = [np.empty((N, p.size), dtype=dt) for p in net.populations]
-    for i, p in enumerate(net.populations):
-        drive[i][:] = p.bias
-    direct_out = np.zeros((N, net.n_outputs), dtype=dt)
+def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> np.ndarray:
+    """Fill each population's drive, ``drive[i]`` (N, size), with its folded biases plus the
+    direct-input current; return the readout's share of that current."""
+    for d, p in zip(drive, net.populations):
+        d[:] = p.bias
+    direct_out = np.zeros((x.shape[0], net.n_outputs), dtype=net.dtype)
     for pi in net.direct:
         cp = net.projections[pi]
-        cur = _direct_current(net, pi, x).astype(dt, copy=False)
+        cur = _direct_current(net, pi, x).astype(net.dtype, copy=False)
         if cp.target < 0:
             direct_out += cur
         else:
             drive[cp.target] += cur
-    return drive, direct_out
+    return direct_out
 
 
 def _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes):
@@ -186,16 +184,9 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     n_total = int(prog.pop_off[-1])
     ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt)
     drive, v, frame, ev_idx, ev_sign = ws
-    # drive = folded biases + the direct-input current; the driver starts v from it (rest: u = 0 + drive)
-    drive[:] = prog.bias
-    direct_out = np.zeros((N, net.n_outputs), dtype=dt)
-    for pi in net.direct:
-        cp = net.projections[pi]
-        cur = _direct_current(net, pi, x)
-        if cp.target < 0:
-            direct_out += cur
-        else:
-            drive[:, prog.pop_off[cp.target]:prog.pop_off[cp.target + 1]] += cur
+    # the driver starts v from the drive (rest: u = 0 + drive)
+    direct_out = _set_drive(net, x, [drive[:, prog.pop_off[i]:prog.pop_off[i + 1]]
+                                     for i in range(len(net.populations))])
     h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
     P, J = len(net.populations), len(net.projections)
     ev_cnt = np.zeros((N, P), dtype=np.int64)
@@ -239,7 +230,8 @@ def _simulate_stepwise(net: CompiledNetwork, x: np.ndarray, record: bool) -> Sim
     pops = net.populations
 
     # state, event queues and counters per population
-    drive, direct_out = _initial_state(net, x)
+    drive = [np.empty((N, p.size), dtype=dt) for p in pops]
+    direct_out = _set_drive(net, x, drive)
     v = [d.copy() for d in drive]      # step 1 starts from rest: u = 0 + drive
     h = [np.zeros((N, p.size if neuron_model(p.model).has_complement else 0), dtype=dt) for p in pops]
     frame = [np.empty((N, p.size), dtype=np.int8) for p in pops]

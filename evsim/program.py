@@ -35,7 +35,6 @@ class Program:
     pop_params: np.ndarray     # (P, 5)
     pop_channels: np.ndarray
     pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
-    bias: np.ndarray                # (n_neurons,) folded biases of all populations, concatenated
     workspaces: dict = field(default_factory=dict)   # batch size -> state arrays reused between batches
 
 
@@ -122,5 +121,4 @@ def _build(net: CompiledNetwork) -> Program:
         pop_params=np.array([p.params for p in pops], dtype=dt).reshape(len(pops), 5),
         pop_channels=np.array([p.channels for p in pops], dtype=np.int64),
         pop_channel_major=np.array([p.channel_major for p in pops], dtype=np.int64),
-        bias=(np.concatenate([p.bias for p in pops]) if pops else np.zeros(0)).astype(dt),
     )
