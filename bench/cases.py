@@ -155,7 +155,7 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
     import evsim.engine as E
     names = ["scatter_conv_rows", "scatter_conv", "scatter_csr", "scatter_identity", "fire_and_advance",
              "collect_events", "events_to_dense"]
-    acc = {n: 0.0 for n in names + ["direct_current (NumPy im2col + matmul)", "check_input"]}
+    acc = {n: 0.0 for n in names + ["direct_current (Numba dense conv, direct input)", "check_input"]}
     calls = {n: 0 for n in acc}
     saved_k = {n: getattr(K, n) for n in names}
     saved_e = {"_direct_current": E._direct_current, "check_input": E.check_input}
@@ -172,7 +172,7 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
     try:
         for n in names:
             setattr(K, n, wrap(n, saved_k[n]))
-        E._direct_current = wrap("direct_current (NumPy im2col + matmul)", saved_e["_direct_current"])
+        E._direct_current = wrap("direct_current (Numba dense conv, direct input)", saved_e["_direct_current"])
         E.check_input = wrap("check_input", saved_e["check_input"])
         evsim_run(net, x[:batch], batch_size=batch, fused=False)        # warm
         for k in acc:

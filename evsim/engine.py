@@ -98,15 +98,14 @@ def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
     wt = cp.arrays["weight_t"]
     n = x.shape[0]
     if cp.kind == "linear":
-        xs = to_channels_last(x, net.network.input_shape)
-        return xs @ wt
+        out = np.zeros((n, wt.shape[1]), dtype=wt.dtype)
+        K.direct_linear(to_channels_last(x, net.network.input_shape), wt, out)
+        return out
     g = cp.geometry
-    (ph, pw), (sh, sw), (kh, kw) = g.padding, g.stride, g.kernel
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))   # N, C, Hp', Wp', kh, kw
-    win = win[:, :, ::sh, ::sw][:, :, :g.h_out, :g.w_out]
-    cols = win.transpose(0, 2, 3, 4, 5, 1).reshape(n * g.h_out * g.w_out, kh * kw * g.c_in)
-    return (cols @ wt).reshape(n, g.h_out * g.w_out * g.c_out)
+    out = np.zeros((n, g.h_out * g.w_out * g.c_out), dtype=wt.dtype)
+    K.direct_conv(x, wt, g.kernel[0], g.kernel[1], g.stride[0], g.stride[1], g.padding[0], g.padding[1],
+                  g.h_out, g.w_out, out)
+    return out
 
 
 def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> np.ndarray:
@@ -212,7 +211,7 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     K.run_network(T, spike_input, record, n_groups, prog.steps, prog.desc, prog.scale, prog.ibuf, prog.i32buf, prog.fbuf,
                   prog.pop_off, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels, prog.pop_channel_major,
                   xs, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64),
-                  n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec)
+                  n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec, prog.samples_per_pass(N))
     _give_back_workspace(prog, N, ws)
     spikes = None
     if record:

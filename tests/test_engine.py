@@ -12,6 +12,7 @@ from evsim import compile_network, kernels as K, run, simulate
 from evsim.compiler import ConvGeometry, kernel_csr, row_kernel, to_channels_last
 from evsim.graph import INPUT, Network, Population, Projection
 from evsim.neurons import NEURON_MODELS
+from evsim.program import Program, build_program
 
 DTYPES = (np.float32, np.float64)
 
@@ -22,15 +23,28 @@ def per_sample(a: np.ndarray, value: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------ engine vs reference
-@pytest.mark.parametrize("driver", ["fused", "stepwise"])
+# The fused driver takes a thread's samples one at a time or, for networks with a
+# large state, all together layer by layer (Program.samples_per_pass): test both.
+DRIVERS = ["fused", "fused-layer-major", "stepwise"]
+
+
+def _simulate_with(monkeypatch, driver, cn, x):
+    if driver == "fused-layer-major":
+        monkeypatch.setattr(Program, "samples_per_pass", lambda self, n_samples: n_samples)
+    elif driver == "fused":
+        assert build_program(cn).samples_per_pass(len(x)) == 1   # the test networks have a small state
+    return simulate(cn, x, record=True, fused=driver != "stepwise")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
 @pytest.mark.parametrize("net_name", list(NETWORKS))
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("model", MODELS)
-def test_engine_matches_reference(model, encoding, net_name, conv_mode, driver):
+def test_engine_matches_reference(monkeypatch, model, encoding, net_name, conv_mode, driver):
     net, x, ref_out, ref_spikes, ref_ops = case(net_name, model, encoding)
     cn = compile_network(net, dtype="float64", conv_mode=conv_mode)
-    r = simulate(cn, x, record=True, fused=driver == "fused")
+    r = _simulate_with(monkeypatch, driver, cn, x)
 
     # spike for spike
     assert set(r.spikes) == set(ref_spikes)
@@ -71,13 +85,13 @@ def test_engine_matches_reference(model, encoding, net_name, conv_mode, driver):
         assert total_neg == 0
 
 
-@pytest.mark.parametrize("driver", ["fused", "stepwise"])
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("net_name", list(NETWORKS))
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("model", ["ternary_lif", "ctsn_event"])
-def test_float32_agrees_with_reference(model, encoding, net_name, driver):
+def test_float32_agrees_with_reference(monkeypatch, model, encoding, net_name, driver):
     net, x, ref_out, ref_spikes, _ = case(net_name, model, encoding, n=16, seed=3)
-    r = simulate(compile_network(net, dtype="float32"), x, record=True, fused=driver == "fused")
+    r = _simulate_with(monkeypatch, driver, compile_network(net, dtype="float32"), x)
     assert r.outputs.dtype == np.float32
     assert np.mean(r.predictions == ref_out.argmax(1)) >= 0.9
     # float32 may flip a spike at the threshold; samples whose spikes all agree must agree closely
@@ -236,6 +250,39 @@ def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad, path, pruned
     np.testing.assert_allclose(acc, expected, **_tol(dt))
     reach = reference.conv_reach((c_in, h, w), wt, stride, pad)
     np.testing.assert_array_equal(ops, 5 + (reach[None] * (frame != 0)).sum(axis=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("c_in, h, w, c_out, k, stride, pad", [
+    (1, 7, 6, 4, (3, 3), (1, 1), (1, 1)),
+    (3, 8, 9, 5, (3, 2), (2, 3), (0, 2)),
+    (2, 5, 5, 16, (5, 5), (1, 2), (2, 2)),
+])
+def test_direct_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad):
+    rng = np.random.default_rng(h * 10 + w)
+    wt = rng.normal(size=(c_out, c_in) + k)
+    ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
+    wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    n = 3
+    x = rng.random((n, c_in, h, w)).astype(dt)
+    out0 = rng.normal(size=(n, ho * wo * c_out)).astype(dt)
+    out = out0.copy()
+    K.direct_conv(x, np.ascontiguousarray(wt.transpose(2, 3, 1, 0).reshape(-1, c_out).astype(dt)),
+                  k[0], k[1], stride[0], stride[1], pad[0], pad[1], ho, wo, out)
+    expected = np.stack([reference.conv2d(x[i].astype(float), wt, stride, pad) for i in range(n)])
+    expected = out0 + expected.reshape(n, c_out, ho * wo).transpose(0, 2, 1).reshape(n, -1)
+    np.testing.assert_allclose(out, expected, **_tol(dt))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_direct_linear_kernel(dt):
+    rng = np.random.default_rng(5)
+    x = rng.random((4, 11)).astype(dt)
+    wt = rng.normal(size=(11, 7)).astype(dt)
+    out0 = rng.normal(size=(4, 7)).astype(dt)
+    out = out0.copy()
+    K.direct_linear(x, wt, out)
+    np.testing.assert_allclose(out, out0 + x.astype(float) @ wt.astype(float), **_tol(dt))
 
 
 @pytest.mark.parametrize("dt", DTYPES)
