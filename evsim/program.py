@@ -5,8 +5,10 @@ becomes a small table program: one row of integers per projection (its
 kernel, source, target, geometry and offsets into shared buffers), the
 weights of all projections in one float buffer, their index arrays in one
 int64 buffer (int32 for CSR columns), and the schedule of one timestep as
-``(kind, index)`` pairs in topological order. The column layout of the
-projection table is defined next to the driver, in :mod:`evsim.kernels`.
+``(kind, index)`` pairs in topological order. The compiled projections'
+arrays then become views of those buffers, so the weights are held once.
+The column layout of the projection table is defined next to the driver,
+in :mod:`evsim.kernels`.
 """
 
 from __future__ import annotations
@@ -56,18 +58,27 @@ class Program:
 
 
 class _Buffer:
-    def __init__(self, dtype):
-        self.parts, self.size, self.dtype = [], 0, dtype
+    """Arrays of one dtype laid end to end; :meth:`finish` makes the sources views into it."""
 
-    def add(self, a) -> int:
-        a = np.ascontiguousarray(a, dtype=self.dtype).reshape(-1)
+    def __init__(self, dtype):
+        self.parts, self.size, self.dtype = [], 0, np.dtype(dtype)
+        self.owners = []            # (dict, key, offset, shape) of each array added
+
+    def add(self, owner: dict, key: str) -> int:
+        a = np.ascontiguousarray(owner[key], dtype=self.dtype)
         off = self.size
-        self.parts.append(a)
+        self.parts.append(a.reshape(-1))
+        self.owners.append((owner, key, off, a.shape))
         self.size += a.size
         return off
 
-    def array(self):
-        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
+    def finish(self, place=np.array) -> np.ndarray:
+        """The joined buffer (``place`` chooses its memory); each array added is replaced, in its
+        owner, by a view of the buffer, so the compiled network and the program share one copy."""
+        buf = place(np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype))
+        for owner, key, off, shape in self.owners:
+            owner[key] = buf[off:off + int(np.prod(shape))].reshape(shape)
+        return buf
 
 
 def build_program(net: CompiledNetwork) -> Program:
@@ -96,26 +107,26 @@ def _build(net: CompiledNetwork) -> Program:
             d[K.D_KH], d[K.D_KW] = g.kernel
         if cp.mode == "conv_rows":
             d[K.D_MODE] = K.MODE_ROWS
-            d[K.D_O1] = ib.add(a["row_map"])
-            d[K.D_O2] = fb.add(a["row_w"])
-            d[K.D_O3] = ib.add(a["row_nnz_cum"])
-            d[K.D_O4] = ib.add(a["col_plan"])
+            d[K.D_O1] = ib.add(a, "row_map")
+            d[K.D_O2] = fb.add(a, "row_w")
+            d[K.D_O3] = ib.add(a, "row_nnz_cum")
+            d[K.D_O4] = ib.add(a, "col_plan")
             d[K.D_FLAG] = int(a["has_zeros"])
         elif cp.mode == "conv":
             d[K.D_MODE] = K.MODE_TAPS
-            d[K.D_O1] = ib.add(a["tap_ptr"])
-            d[K.D_O2] = ib.add(a["tap_y"])
-            d[K.D_O3] = ib.add(a["tap_x"])
-            d[K.D_O4] = ib.add(a["tap_nnz"])
-            d[K.D_O5] = ib.add(a["row_map"])
-            d[K.D_O6] = ib.add(a["col_map"])
-            d[K.D_O7] = fb.add(a["tap_w"])
+            d[K.D_O1] = ib.add(a, "tap_ptr")
+            d[K.D_O2] = ib.add(a, "tap_y")
+            d[K.D_O3] = ib.add(a, "tap_x")
+            d[K.D_O4] = ib.add(a, "tap_nnz")
+            d[K.D_O5] = ib.add(a, "row_map")
+            d[K.D_O6] = ib.add(a, "col_map")
+            d[K.D_O7] = fb.add(a, "tap_w")
             d[K.D_N] = a["tap_w"].shape[0]
         elif cp.mode == "csr":
             d[K.D_MODE] = K.MODE_CSR
-            d[K.D_O1] = ib.add(a["indptr"])
-            d[K.D_O2] = i32.add(a["indices"])
-            d[K.D_O3] = fb.add(a["data"])
+            d[K.D_O1] = ib.add(a, "indptr")
+            d[K.D_O2] = i32.add(a, "indices")
+            d[K.D_O3] = fb.add(a, "data")
             d[K.D_N] = a["indptr"].shape[0] - 1
         elif cp.mode == "identity":
             d[K.D_MODE] = K.MODE_IDENTITY
@@ -131,7 +142,7 @@ def _build(net: CompiledNetwork) -> Program:
     hsizes = [p.size if neuron_model(p.model).has_complement else 0 for p in pops]
     return Program(
         steps=np.array(steps, dtype=np.int64).reshape(-1, 2),
-        desc=desc, scale=scale, ibuf=ib.array(), i32buf=i32.array(), fbuf=memory.copy(fb.array()),
+        desc=desc, scale=scale, ibuf=ib.finish(), i32buf=i32.finish(), fbuf=fb.finish(memory.copy),
         pop_off=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         h_off=np.concatenate([[0], np.cumsum(hsizes)]).astype(np.int64),
         pop_code=np.array([p.code for p in pops], dtype=np.int64),

@@ -12,6 +12,7 @@ from evsim import compile_network, kernels as K
 from evsim.compiler import (ConvGeometry, cl_permutation, conv_explicit_csr, conv_explicit_nnz, from_channels_last,
                             kernel_csr, linear_csr, to_channels_last)
 from evsim.errors import NetworkError
+from evsim.neurons import LIF_TERNARY
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -149,6 +150,27 @@ def test_event_queue_round_trip(n, size, density, seed):
     out = np.full((n, size), 7, dtype=np.int8)              # stale values must be cleared
     K.events_to_dense(ev_idx, ev_sign, ev_cnt, out)
     np.testing.assert_array_equal(out, frame)
+
+
+@SETTINGS
+@given(st.integers(1, 70), st.integers(1, 6), st.floats(0.0, 1.0), st.booleans(), st.integers(0, 2**32 - 1))
+def test_fire_queues_every_spike_in_order(positions, channels, density, channel_major, seed):
+    """The vector queue (16 neurons per step, strided when channel by channel) against np.flatnonzero."""
+    rng = np.random.default_rng(seed)
+    size = positions * channels
+    spikes = (rng.random(size) < density).astype(np.int8) * rng.choice(np.array([-1, 1], np.int8), size)
+    v = spikes.astype(np.float64) * 2.0                     # threshold 1: these potentials fire exactly `spikes`
+    ev_idx = np.full(size, -1, dtype=np.int32)
+    ev_sign = np.zeros(size, dtype=np.int8)
+    frame = np.zeros(size, dtype=np.int8)
+    cnt, pos, neg = K.fire(LIF_TERNARY, 0.5, 1.0, 0.0, 0.0, 0.0, v, np.zeros(0), np.zeros(size), frame, channels,
+                           channel_major, ev_idx, ev_sign)
+    expected = np.flatnonzero(spikes)
+    if channel_major:
+        expected = expected[np.lexsort((expected // channels, expected % channels))]
+    assert (cnt, pos, neg) == (expected.size, int((spikes > 0).sum()), int((spikes < 0).sum()))
+    np.testing.assert_array_equal(ev_idx[:cnt], expected)
+    np.testing.assert_array_equal(ev_sign[:cnt], spikes[expected])
 
 
 def test_compiled_sizes():

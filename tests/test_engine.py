@@ -341,10 +341,11 @@ def _fire_numpy(model, prm, v, h, drive):
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("channel_major", [False, True])
-def test_fire_and_advance_kernel(dt, model, channel_major):
+@pytest.mark.parametrize("positions, channels", [(9, 5), (37, 3), (32, 4)])   # events queue 16 at a time: tails
+def test_fire_and_advance_kernel(dt, model, channel_major, positions, channels):
     rng = np.random.default_rng(13)
     nm = NEURON_MODELS[model]
-    n, size, channels = 3, 45, 5         # 9 positions x 5 channels, channels-last (not a whole number of words)
+    n, size = 3, positions * channels    # channels-last
     prm = np.array([0.25, 0.5, 0.6, 0.3, 0.55], dtype=dt)
     v = rng.normal(0, 0.7, size=(n, size)).astype(dt)
     v[0, :4] = [prm[1], -prm[1], np.nextafter(prm[1], dt(0)), 0.0]   # exactly at / just under the threshold
@@ -426,3 +427,27 @@ def test_reused_state_between_batches_changes_nothing():
         np.testing.assert_array_equal(first.counters.synaptic_ops[k], kept[k])
     ref_out = reference.simulate(net, x[3:])[0]
     np.testing.assert_allclose(second.outputs, ref_out, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
+def test_program_shares_the_compiled_weights(conv_mode):
+    """The fused driver's program holds the weights once: the compiled projections become views of it,
+    and both drivers still agree with the reference afterwards."""
+    net = networks.residual_net_pruned_taps(model="ternary_lif", encoding="spikes")
+    cn = compile_network(net, dtype="float64", conv_mode=conv_mode)
+    before = {(cp.name, k): a.copy() for cp in cn.projections for k, a in cp.arrays.items()}
+    prog = build_program(cn)
+    n_shared = 0
+    for cp in cn.projections:
+        for k, a in cp.arrays.items():
+            np.testing.assert_array_equal(a, before[cp.name, k], err_msg=f"{cp.name}.{k}")
+            if cp.mode != "dense" and k != "has_zeros":          # a flag, not an array of the network
+                buf = prog.i32buf if a.dtype == np.int32 else prog.fbuf if a.dtype == cn.dtype else prog.ibuf
+                assert np.shares_memory(a, buf), f"{cp.name}.{k} is a copy"
+                n_shared += 1
+    assert n_shared >= 10
+    assert {cp.mode for cp in cn.projections} >= ({"conv_rows", "conv"} if conv_mode == "kernel" else {"csr"})
+    x = networks.random_input(net, 3, seed=2)
+    ref_out = reference.simulate(net, x)[0]
+    for fused in (True, False):
+        np.testing.assert_allclose(simulate(cn, x, fused=fused).outputs, ref_out, rtol=0, atol=1e-12)
