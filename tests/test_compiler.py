@@ -153,6 +153,17 @@ def test_event_queue_round_trip(n, size, density, seed):
 
 
 @SETTINGS
+@given(st.integers(1, 4096), st.integers(1, 4096), st.integers(1, 4096), st.data())
+def test_event_decode_is_exact(c_in, h_in, w_in, data):
+    """The scatter decodes event indices with float reciprocals instead of integer division."""
+    n = c_in * h_in * w_in
+    idx = data.draw(st.sampled_from([0, n - 1, n // 2, c_in - 1, c_in, w_in * c_in - 1]) | st.integers(0, n - 1))
+    c, y, x = K._decode(idx, c_in, w_in, 1.0 / c_in, 1.0 / w_in)
+    p, c_ref = divmod(idx, c_in)
+    assert (c, y, x) == (c_ref, p // w_in, p % w_in)
+
+
+@SETTINGS
 @given(st.integers(1, 70), st.integers(1, 6), st.floats(0.0, 1.0), st.booleans(), st.integers(0, 2**32 - 1))
 def test_fire_queues_every_spike_in_order(positions, channels, density, channel_major, seed):
     """The vector queue (16 neurons per step, strided when channel by channel) against np.flatnonzero."""
