@@ -640,12 +640,13 @@ def case_scaling(cfg: dict, results: dict) -> dict:
         return {"note": "only one thread count measured"}
     lo, hi = th[0], th[-1]
     out = {"threads": [lo, hi]}
-    for case, key in (("shipped", "shipped_batches"), ("resnet19", "r19_batches")):
+    cases = [(c, "shipped_batches") for c in results if c.startswith("shipped")] + [("resnet19", "r19_batches")]
+    for case, key in cases:
         if case not in results:
             continue
         t = results[case]["comparison"]["table"]
         bs = max(cfg[key])
-        row = {"batch": bs}
+        row = {"batch": bs, "name": results[case].get("name", case)}
         for k in IMPLS:
             a, b = t[lo][bs][k], t[hi][bs][k]
             row[k] = {"samples_per_s_lo": a["median"], "samples_per_s_hi": b["median"],
@@ -655,32 +656,6 @@ def case_scaling(cfg: dict, results: dict) -> dict:
             a, b = t[lo][1]["evsim"], t[hi][1]["evsim"]
             row["evsim_batch1_speedup"] = b["median"] / a["median"]
         out[case] = row
-    out["hardware"] = hardware_scaling(lo, hi)
     return out
 
 
-def hardware_scaling(lo: int, hi: int, reps: int = 5) -> dict:
-    """What the cores themselves give from ``lo`` to ``hi`` threads, for two kinds of work split
-    evenly (one independent block per thread, nothing shared):
-
-    * vector adds over data held in L1 (the shape of the scatter's inner loop), and
-    * a scalar chain of dependent multiply-adds (latency-bound: leaves the core's units idle).
-
-    If the 'cores' are hyperthreads of one physical core, or share its vector units, the first
-    scales far less than the second."""
-    from probe import scalar_chain, vector_adds
-
-    out = {}
-    a = np.zeros((hi, 4096), np.float32)
-    b = np.ones((hi, 4096), np.float32)
-    vector_adds(a, b, 1)
-    scalar_chain(hi, 10)
-    for label, fn in (("vector_adds_l1", lambda: vector_adds(a, b, 200000)),
-                      ("scalar_chain", lambda: scalar_chain(hi, 50_000_000))):
-        t = {}
-        for th in (lo, hi):
-            set_threads(th)
-            t[th] = time_calls(fn, reps, warmup=1)
-        out[label] = {"seconds_lo": t[lo], "seconds_hi": t[hi],
-                      "speedup": t[lo]["median"] / t[hi]["median"]}
-    return out
