@@ -399,7 +399,7 @@ def write_markdown(R: dict, path) -> str:
         L += ["", "## 5. Memory: compiled network and peak of a run, kernel vs explicit CSR (shipped model)", "",
               "Each row is a fresh process (`bench/memory_probe.py`): the compiled connectivity "
               "(`CompiledNetwork.nbytes`), the tracemalloc peak of the NumPy arrays a run allocates (state, queues, "
-              "counters, im2col of the direct input), and the growth of the process's peak RSS during the run.", "",
+              "counters, the direct-input current), and the growth of the process's peak RSS during the run.", "",
               "| conv mode | batch | compiled MiB | compile s | compile peak, tracemalloc MiB | run s | run peak, tracemalloc MiB "
               "| RSS before run MiB | peak RSS during run MiB | growth MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in c["shipped"]:

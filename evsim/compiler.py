@@ -357,7 +357,7 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             cp.dense_macs = int((cy[:, None] * cx[None, :]).sum() * geom.c_in * geom.c_out)
             if pr.source == INPUT and network.encoding == "direct":
                 cp.mode = "dense"
-                # im2col weight: rows ordered (ky, kx, ci) to match the patch layout
+                # dense weight for kernels.direct_conv: rows ordered (ky, kx, ci)
                 cp.arrays["weight_t"] = np.ascontiguousarray(
                     pr.weight.transpose(2, 3, 1, 0).reshape(-1, geom.c_out).astype(dt))
                 cp.direct_macs = conv_explicit_nnz(pr.weight, geom)
