@@ -54,6 +54,8 @@ def main(model_dir: str):
 
     import torch
     record = torch.load(ckpt, map_location="cpu", weights_only=False)["record"]
+    if record["train_config"].get("init") and (d / "init.pt").exists():
+        record = dict(record, init_record=torch.load(d / "init.pt", map_location="cpu", weights_only=False)["record"])
     card = {"name": d.name, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
             "info": {k: info[k] for k in ("timesteps", "input_shape", "encoding", "neurons", "parameters", "outputs")},
             "training": record, "accuracy_float64": full64["accuracy"], "accuracy_float32": full32["accuracy"],
@@ -70,6 +72,19 @@ def equivalent_command(cfg: dict) -> str:
     return (f"evsim train --arch {cfg['arch']} --width {cfg['width']} --neuron {cfg['neuron']} -T {cfg['timesteps']} "
             f"--epochs {cfg['epochs']} --batch-size {cfg['batch_size']} --lr {cfg['lr']} --seed {cfg['seed']} "
             f"--out model.pt")
+
+
+def _init_lines(c: dict, d: Path) -> list[str]:
+    """Fine-tuned models ship the checkpoint they started from as ``init.pt``; say how it was trained."""
+    init = c["training"].get("init_record")
+    if not init:
+        return []
+    h = init["history"][-1]
+    return [f"- Fine-tuned: training started from the checkpoint given to `--init`, shipped here as `{d}/init.pt` "
+            f"(it was `{c['training']['train_config']['init']}` when this run started). That checkpoint was trained "
+            f"with `{init.get('command', equivalent_command(init['train_config']))}` and ended at "
+            f"{100 * h['test_acc_torch']:.2f} % (PyTorch)"
+            + (f", {100 * h['test_firing_rate']:.1f} % firing." if "test_firing_rate" in h else ".")]
 
 
 def render(c: dict, d: Path) -> str:
@@ -89,6 +104,7 @@ def render(c: dict, d: Path) -> str:
         (f"- Training command: `{c['training']['command']}`" if "command" in c["training"] else
          f"- Trained with the config below; the same run from the command line: `{equivalent_command(cfg)}`"),
         f"- Training config: `{json.dumps(cfg, sort_keys=True)}`",
+        *_init_lines(c, d),
         "",
         "## Accuracy on the 10 000 test images",
         "| measured by | accuracy |",
