@@ -173,8 +173,16 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     there to time each kernel separately).
     """
     x = check_input(net, x)
-    if not fused:
-        return _simulate_stepwise(net, x, record)
+    n_threads = numba.get_num_threads()
+    if len(x) < n_threads:     # fewer samples than threads: do not wake threads that would get no sample
+        numba.set_num_threads(len(x))
+    try:
+        return _simulate_stepwise(net, x, record) if not fused else _simulate_fused(net, x, record)
+    finally:
+        numba.set_num_threads(n_threads)
+
+
+def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> SimulationResult:
     g = net.network
     T = g.timesteps
     N = x.shape[0]
@@ -207,11 +215,11 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
         in_idx = np.empty((N, 0), dtype=np.int32)
         in_sign = np.empty((N, 0), dtype=np.int8)
     rec = np.zeros((N, T, n_total) if record else (N, 0, 0), dtype=np.int8)
-    n_groups = max(1, min(N, numba.get_num_threads()))
-    K.run_network(T, spike_input, record, n_groups, prog.steps, prog.desc, prog.scale, prog.ibuf, prog.i32buf, prog.fbuf,
-                  prog.pop_off, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels, prog.pop_channel_major,
-                  xs, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64),
-                  n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec, prog.samples_per_pass(N))
+    K.run_network(T, spike_input, record, numba.get_num_threads(), prog.steps, prog.desc, prog.scale, prog.ibuf,
+                  prog.i32buf, prog.fbuf, prog.pop_off, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels,
+                  prog.pop_channel_major, xs, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign,
+                  np.zeros(N, dtype=np.int64), n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec,
+                  prog.samples_per_pass(N))
     _give_back_workspace(prog, N, ws)
     spikes = None
     if record:
