@@ -340,7 +340,8 @@ def write_markdown(R: dict, path) -> str:
     c = C.get("linearity")
     if c:
         L += ["", "## 4. Time per sample against the number of events", "",
-              f"{c['network']}; 1 thread, batch {c['batch']}, {c['samples']} random samples, median of the repetitions.", "",
+              f"{c['network']}; 1 thread, batch {c['batch']}, {c['samples']} random samples, median of the repetitions; "
+              "all rates calibrated first, then timed together with their repetitions interleaved.", "",
               "| target rate per layer | firing rate (layers min-max) | events/sample | synaptic ops/sample | "
               "ms/sample median [min-max] | G synaptic ops/s (whole run) | deviation from line (events) | "
               "evsim / PyTorch folded |", "|---|---|---|---|---|---|---|---|"]

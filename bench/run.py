@@ -45,7 +45,7 @@ QUICK = dict(
     r19_target_rate=0.12, r19_bn_std=0.12,
     kern_cout=[16, 32, 64, 128], kern_reps=5, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
     kern_shapes=[[256, 256, 16], [512, 512, 8]],
-    lin_targets=[0.03, 0.06, 0.12, 0.20, 0.30], lin_samples=4, lin_batch=4, lin_reps=3,
+    lin_targets=[0.03, 0.06, 0.12, 0.20, 0.30], lin_samples=4, lin_batch=4, lin_reps=5,
     mem_batches=[1, 64],
     start_cold=1, start_warm=3,
 )
@@ -56,7 +56,7 @@ FULL = dict(
     r19_target_rate=0.12, r19_bn_std=0.12,
     kern_cout=[16, 32, 64, 128], kern_reps=9, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
     kern_shapes=[[256, 256, 16], [512, 512, 8]],
-    lin_targets=[0.02, 0.04, 0.08, 0.12, 0.16, 0.20, 0.25, 0.30], lin_samples=4, lin_batch=4, lin_reps=3,
+    lin_targets=[0.02, 0.04, 0.08, 0.12, 0.16, 0.20, 0.25, 0.30], lin_samples=4, lin_batch=4, lin_reps=5,
     mem_batches=[1, 256],
     start_cold=2, start_warm=5,
 )
