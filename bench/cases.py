@@ -408,7 +408,9 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
             "gadds_per_s": n_ops / st["median"] / 1e9,
             "gadds_per_s_min": n_ops / st["max"] / 1e9, "gadds_per_s_max": n_ops / st["min"] / 1e9,
             "ns_per_event": st["median"] / max(1, int(cnt.sum())) * 1e9,
-            "ns_per_row_run": st["median"] / max(1, runs) * 1e9, "ns_per_add": st["median"] / n_ops * 1e9}
+            "ns_per_row_run": st["median"] / max(1, runs) * 1e9, "ns_per_add": st["median"] / n_ops * 1e9,
+            "huge_page_share": {"weights": evsim_memory.huge_page_share(a["row_w"]),
+                                "accumulators": evsim_memory.huge_page_share(acc)}}
 
 
 def case_kernels(cfg: dict) -> dict:

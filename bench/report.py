@@ -223,6 +223,7 @@ def write_markdown(R: dict, path) -> str:
           f"| versions | Python {meta['python']}, numba {meta['numba']} (threading layer {meta.get('numba_threading_layer')}), "
           f"torch {meta['torch']}, numpy {meta['numpy']}, scipy {meta['scipy']} |",
           f"| OMP_WAIT_POLICY | {meta['OMP_WAIT_POLICY']} |",
+          f"| OPENBLAS_NUM_THREADS | {meta.get('OPENBLAS_NUM_THREADS')} (NumPy's BLAS, used by neither timed side) |",
           f"| load average (1 min) | {meta['load_average_start'][0]:.2f} at start, {meta.get('load_average_end', [float('nan')])[0]:.2f} at end |",
           f"| wall time of the suite | {meta.get('suite_s', float('nan')):.0f} s |"]
     if meta.get("model_dir"):
@@ -327,6 +328,12 @@ def write_markdown(R: dict, path) -> str:
                      f"{r['syn_ops_per_call'] / 1e6:.2f} M | "
                      f"{fmt_stat(r['seconds'], 3, 1e3)} | {r['gadds_per_s']:.2f} [{r['gadds_per_s_min']:.2f}-{r['gadds_per_s_max']:.2f}] "
                      f"| {r['gbytes_per_s_moved']:.0f} | {r['ns_per_event']:.1f} |")
+        head = next((r for r in c["rows"] if r["c_out"] == 128 and r.get("huge_page_share")), None)
+        if head and None not in head["huge_page_share"].values():
+            hp = head["huge_page_share"]
+            L += ["", f"Page placement of the 128 -> 128 call (`/proc/self/smaps`): weights {100 * hp['weights']:.0f} %, "
+                      f"accumulators {100 * hp['accumulators']:.0f} % in transparent huge pages (`evsim.memory`; "
+                      "arrays under 256 KiB, as for C_out 16 and 32, are ordinary pages by design)."]
         f = c["per_run_fit_ns"]
         L += ["", f"Fit over C_out (C_in 128, 32x32, 10%): time per (event, kernel row) run of 3 x C_out additions = "
                   f"{f['c0_ns_per_run']:.2f} ns + {f['c1_ns_per_add']:.4f} ns per addition."]

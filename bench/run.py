@@ -38,6 +38,11 @@ sys.path.insert(0, str(HERE))
 # as evsim.kernels does, before Numba's OpenMP layer loads (a user's own setting wins)
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+# The benchmark's own NumPy bookkeeping (fits, statistics) must not leave OpenBLAS worker threads
+# spinning on the cores the timed code runs on (measured: such spinning halved evsim's two-thread
+# speed). Neither timed side uses NumPy's BLAS: evsim has no BLAS call, PyTorch has its own.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 QUICK = dict(
     quick=True, seed=0, threads=[1, 2],
     shipped_batches=[1, 16, 64], reps=3, min_samples=32, max_rep_s=3.0, shipped_eval_samples=256,

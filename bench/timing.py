@@ -155,6 +155,7 @@ def machine_info() -> dict:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "load_average_start": list(os.getloadavg()),
     }
     try:
