@@ -153,6 +153,11 @@ def evaluate_targets(R: dict) -> list[dict]:
             la = R["meta"].get("load_average_start", [0])[0]
             t["why"] = ("the fused driver runs a whole batch in one call, split by sample over the threads (one "
                         "group of samples per thread, nothing shared, no per-layer synchronisation). ")
+            k2 = (C.get("kernels") or {}).get("two_threads")
+            if k2:
+                t["why"] += (f"The conv kernel alone, one sample per thread on independent data (case 3), gets "
+                             f"{k2['speedup_vs_1_thread']:.2f}x from the second thread: that is what this machine's "
+                             f"two vCPUs give this memory-bound work. ")
             t["why"] += ("PyTorch's speed-up on the same runs: " + "; ".join(
                 f"{c[case].get('name', case)} {c[case]['torch_folded']['speedup']:.2f}x" for case in cases if case in c)
                 + f". Load average at start {la:.2f} on {R['meta']['cores']} cores"
