@@ -116,7 +116,7 @@ def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> 
     direct_out = np.zeros((x.shape[0], net.n_outputs), dtype=net.dtype)
     for pi in net.direct:
         cp = net.projections[pi]
-        cur = _direct_current(net, pi, x).astype(net.dtype, copy=False)
+        cur = _direct_current(net, pi, x)
         if cp.target < 0:
             direct_out += cur
         else:
