@@ -250,19 +250,33 @@ def fire(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive, frame, n_chann
             m = u <= -v_th
             frame[i] = np.int8(p) - np.int8(m)
             v[i] = tau * (zero if (p or m) else u) + drive[i]
-    # queue the events, 16 neurons at a time (a vector compress, no branch per neuron): in memory
-    # order, or channel by channel (each channel's neurons lie n_channels apart)
-    stride = n_channels if channel_major else 1
-    n_blocks = n_neurons // stride // LANES
+    # queue the events, 16 neurons at a time (a vector compress, no branch per neuron). The memory-order
+    # branch is the channel loop with stride 1, written out so that queue16 sees a constant stride:
+    # merged into one loop with a run-time stride it measured 10 % slower end to end (sparse model).
     cnt = 0
     pos = 0
-    for c in range(stride):
+    if channel_major:
+        n_positions = n_neurons // n_channels
+        n_blocks = n_positions // LANES
+        for c in range(n_channels):
+            for b in range(n_blocks):
+                r = queue16(frame, b * LANES * n_channels + c, n_channels, ev_idx, ev_sign, cnt)
+                cnt = r & 0xFFFFFFFF
+                pos += r >> 32
+            for i in range(n_blocks * LANES * n_channels + c, n_neurons, n_channels):
+                sg = frame[i]
+                ev_idx[cnt] = i
+                ev_sign[cnt] = sg
+                cnt += sg != 0
+                pos += sg > 0
+    else:
+        n_blocks = n_neurons // LANES
         for b in range(n_blocks):
-            r = queue16(frame, b * LANES * stride + c, stride, ev_idx, ev_sign, cnt)
+            r = queue16(frame, b * LANES, 1, ev_idx, ev_sign, cnt)
             cnt = r & 0xFFFFFFFF
             pos += r >> 32
-        for i in range(n_blocks * LANES * stride + c, n_neurons, stride):   # < 16 left: always write,
-            sg = frame[i]                                                    # advance on a spike
+        for i in range(n_blocks * LANES, n_neurons):     # the last < 16 neurons: always write, advance on a spike
+            sg = frame[i]
             ev_idx[cnt] = i
             ev_sign[cnt] = sg
             cnt += sg != 0
