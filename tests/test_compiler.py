@@ -153,12 +153,28 @@ def test_event_queue_round_trip(n, size, density, seed):
 
 
 @SETTINGS
+@given(st.integers(1, 2**31 - 1), st.data())
+def test_divider_is_exact_on_every_int32_index(d, data):
+    """The scatter divides event indices by a multiply and a shift instead of an integer division."""
+    m, s = K.divider(d)
+    k = data.draw(st.integers(0, (2**31 - 1) // d))
+    candidates = [0, 2**31 - 1, k * d, k * d - 1, k * d + d - 1, data.draw(st.integers(0, 2**31 - 1))]
+    for n in candidates:
+        if 0 <= n < 2**31:
+            assert (n * int(m)) >> int(s) == n // d, (n, d)
+            assert n * int(m) < 2**64                     # the product fits the kernel's uint64
+
+
+@SETTINGS
 @given(st.integers(1, 4096), st.integers(1, 4096), st.integers(1, 4096), st.data())
 def test_event_decode_is_exact(c_in, h_in, w_in, data):
-    """The scatter decodes event indices with float reciprocals instead of integer division."""
-    n = c_in * h_in * w_in
-    idx = data.draw(st.sampled_from([0, n - 1, n // 2, c_in - 1, c_in, w_in * c_in - 1]) | st.integers(0, n - 1))
-    c, y, x = K._decode(idx, c_in, w_in, 1.0 / c_in, 1.0 / w_in)
+    """Channel, row and column of any int32 event index, as the scatter kernels decode it."""
+    n = min(c_in * h_in * w_in, 2**31)
+    idx = data.draw(st.sampled_from([0, n - 1, n // 2, min(c_in - 1, n - 1), min(c_in, n - 1),
+                                     min(w_in * c_in - 1, n - 1)]) | st.integers(0, n - 1))
+    m_c, s_c = K.divider(c_in)
+    m_w, s_w = K.divider(w_in)
+    c, y, x = K._decode(idx, c_in, w_in, m_c, s_c, m_w, s_w)
     p, c_ref = divmod(idx, c_in)
     assert (c, y, x) == (c_ref, p // w_in, p % w_in)
 
