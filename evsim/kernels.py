@@ -102,13 +102,13 @@ def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, ta
     ops = 0
     for e in range(cnt):
         ci, y, x = _decode(ev_idx[e], c_in, w_in, m_c, s_c, m_w, s_w)
-        positive = ev_sign[e] > 0
+        sign = ev_sign[e]
         for k in range(tap_ptr[ci], tap_ptr[ci + 1]):
             oy = row_map[y, tap_y[k]]
             ox = col_map[x, tap_x[k]]
             if oy < 0 or ox < 0:
                 continue
-            add_run(acc, np.uint64((oy * w_out + ox) * c_out), tap_w, np.uint64(k * c_out), np.uint64(c_out), positive)
+            add_run(acc, np.uint64((oy * w_out + ox) * c_out), tap_w, np.uint64(k * c_out), np.uint64(c_out), sign)
             ops += tap_nnz[k]
     return ops
 
@@ -159,13 +159,13 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
         n = u(n_taps) * uc_out
         a_x = u(cp[x3 + u(2)]) * uc_out
         w0 = (idx - p * uc_in) * channel + u(cp[x3]) * uc_out
-        positive = ev_sign[e] > 0
+        sign = ev_sign[e]
         r = y * ukh
         for ky in range(kh):
             oy = rm[r + u(ky)]
             if oy < 0:
                 continue
-            add_run(acc, u(oy) * row_stride + a_x, row_w, w0 + u(ky) * kernel_row, n, positive)
+            add_run(acc, u(oy) * row_stride + a_x, row_w, w0 + u(ky) * kernel_row, n, sign)
             ops += n_taps * c_out
     if has_zeros:
         # Zero weights were added but are no synaptic operations. Counting them in a

@@ -93,27 +93,29 @@ def queue16(typingctx, frame, start, stride, ev_idx, ev_sign, cnt):
 
 
 @intrinsic
-def add_run(typingctx, acc, a0, w, b0, n, positive):
-    """``acc[a0 + j] += w[b0 + j]`` for ``j < n`` (``-=`` when not ``positive``): one synaptic run.
+def add_run(typingctx, acc, a0, w, b0, n, sign):
+    """``acc[a0 + j] += w[b0 + j]`` for ``j < n`` (``-=`` when ``sign`` is -1): one synaptic run.
 
-    The vector loop is written out (chunks of 64 bytes, then one masked chunk)
-    instead of left to LLVM's loop vectoriser, which guards a loop of
-    unknown length with a run-time overlap test between ``acc`` and ``w``
-    and finishes it in 4-wide and scalar steps: at the 48-192 additions of
-    a 3x3 run over 16-64 output channels those guards cost as much as the
-    additions. The last ``n % lanes`` elements take one masked step. ``acc`` and ``w`` are distinct C-contiguous float arrays of
-    one dtype, seen flat; offsets are unsigned and unchecked (the caller
-    keeps ``[a0, a0 + n)`` and ``[b0, b0 + n)`` inside them). Each element
-    is updated by one IEEE add or subtract, exactly as the scalar loop.
+    The vector loop is written out (chunks of 64 bytes, then one masked
+    chunk for the last ``n % lanes`` elements) instead of left to LLVM's
+    loop vectoriser, which guards a loop of unknown length with a run-time
+    overlap test between ``acc`` and ``w`` and finishes it in 4-wide and
+    scalar steps: at the 48-192 additions of a 3x3 run over 16-64 output
+    channels those guards cost as much as the additions. ``acc`` and ``w``
+    are distinct C-contiguous float arrays of one dtype, seen flat; offsets
+    are unsigned and unchecked (the caller keeps ``[a0, a0 + n)`` and
+    ``[b0, b0 + n)`` inside them). Each element is updated by one IEEE add
+    or subtract, exactly as the scalar loop.
+    ``sign`` is the event's int8 sign, +1 or -1.
     """
     ok = (isinstance(acc, types.Array) and isinstance(w, types.Array) and acc.layout == "C" and w.layout == "C"
           and acc.dtype == w.dtype and acc.dtype in (types.float32, types.float64))
     if not ok:
         return None
-    sig = types.void(acc, types.uint64, w, types.uint64, types.uint64, types.boolean)
+    sig = types.void(acc, types.uint64, w, types.uint64, types.uint64, types.int8)
 
     def codegen(context, builder, signature, args):
-        aa, a_off, wa, w_off, n_val, pos = args
+        aa, a_off, wa, w_off, n_val, sign = args
         aty, _, wty, _, _, _ = signature.args
         acc_arr = context.make_array(aty)(context, builder, value=aa)
         w_arr = context.make_array(wty)(context, builder, value=wa)
@@ -154,11 +156,22 @@ def add_run(typingctx, acc, a0, w, b0, n, positive):
                 b = builder.call(masked_load, [wp, align, mask, zero])
                 builder.call(masked_store, [op(a, b), ap, align, mask])
 
-        with builder.if_else(pos) as (plus, minus):
-            with plus:
-                loops(builder.fadd)
-            with minus:
-                loops(builder.fsub)
+        # The event's sign flips the weights' sign bit (exact: a - w is a + (-w) in IEEE
+        # arithmetic) instead of choosing between an add loop and a subtract loop, whose
+        # branch mispredicts on half the events. The flip is taken from the sign's bits, not
+        # from a comparison, so that LLVM does not turn it back into a branch.
+        int_ty = ir.IntType(size * 8)
+        int_vt = ir.VectorType(int_ty, lanes)
+        flip = builder.shl(builder.and_(builder.zext(sign, int_ty), ir.Constant(int_ty, 0x80)),
+                           ir.Constant(int_ty, size * 8 - 8))
+        flip_v = builder.insert_element(ir.Constant(int_vt, ir.Undefined), flip, ir.Constant(_i32, 0))
+        flip_v = builder.shuffle_vector(flip_v, ir.Constant(int_vt, ir.Undefined),
+                                        ir.Constant(ir.VectorType(_i32, lanes), None))
+
+        def signed_add(a, w):
+            return builder.fadd(a, builder.bitcast(builder.xor(builder.bitcast(w, int_vt), flip_v), vt))
+
+        loops(signed_add)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -10,7 +10,7 @@ from evsim.simd import add_run
 
 @njit
 def _add_run(acc, a0, w, b0, n, positive):
-    add_run(acc, np.uint64(a0), w, np.uint64(b0), np.uint64(n), positive)
+    add_run(acc, np.uint64(a0), w, np.uint64(b0), np.uint64(n), np.int8(1 if positive else -1))
 
 
 @settings(max_examples=200, deadline=None)
