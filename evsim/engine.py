@@ -192,7 +192,7 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
     ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt)
     drive, v, frame, ev_idx, ev_sign = ws
     # the driver starts v from the drive (rest: u = 0 + drive)
-    direct_out = _set_drive(net, x, [drive[:, prog.pop_off[i]:prog.pop_off[i + 1]]
+    direct_out = _set_drive(net, x, [drive[:, prog.pop_off[i]:prog.pop_off[i] + prog.pop_size[i]]
                                      for i in range(len(net.populations))])
     h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
     P, J = len(net.populations), len(net.projections)
@@ -216,7 +216,7 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
         in_sign = np.empty((N, 0), dtype=np.int8)
     rec = np.zeros((N, T, n_total) if record else (N, 0, 0), dtype=np.int8)
     K.run_network(T, spike_input, record, numba.get_num_threads(), prog.steps, prog.desc, prog.scale, prog.ibuf,
-                  prog.i32buf, prog.fbuf, prog.pop_off, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels,
+                  prog.i32buf, prog.fbuf, prog.pop_off, prog.pop_size, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels,
                   prog.pop_channel_major, xs, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign,
                   np.zeros(N, dtype=np.int64), n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec,
                   prog.samples_per_pass(N))
@@ -224,7 +224,7 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
     spikes = None
     if record:
         off = prog.pop_off
-        spikes = [rec[:, :, off[i]:off[i + 1]].transpose(1, 0, 2) for i in range(P)]
+        spikes = [rec[:, :, off[i]:off[i] + prog.pop_size[i]].transpose(1, 0, 2) for i in range(P)]
     return _result(net, N, out_acc, direct_out, list(n_pos.T), list(n_neg.T), list(events_in.T), list(syn_ops.T),
                    input_events, spikes)
 

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
-from .simd import LANES, add_run, queue16
+from .simd import LANES, add_run, add_runs, queue16
 
 _SERIAL = dict(cache=True, nogil=True, fastmath=False, boundscheck=False)
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -147,26 +147,39 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     row_stride = u(w_out * c_out)
     kernel_row = u(kw * c_out)
     channel = u(kh * kw * c_out)
+    # the weight offsets and signs of one group of events (the events of one input position)
+    group_w = np.empty(c_in, np.uint64)
+    group_sign = np.empty(c_in, np.int8)
     ops = 0
-    for e in range(cnt):
+    e = 0
+    while e < cnt:
         idx = u(ev_idx[e])
         p = (idx * m_c) >> s_c          # idx // c_in, exact (see divider)
         y = (p * m_w) >> s_w
         x3 = (p - y * uw_in) * u(3)
+        # the events that follow at the same input position (its other channels: a
+        # queue in memory order emits them together) reach the same output runs
+        first = p * uc_in
+        end = first + uc_in
+        g = 0
+        while e < cnt and u(ev_idx[e]) >= first and u(ev_idx[e]) < end:
+            group_w[g] = (u(ev_idx[e]) - first) * channel
+            group_sign[g] = ev_sign[e]
+            g += 1
+            e += 1
         n_taps = cp[x3 + u(1)]
         if n_taps == 0:
             continue
         n = u(n_taps) * uc_out
         a_x = u(cp[x3 + u(2)]) * uc_out
-        w0 = (idx - p * uc_in) * channel + u(cp[x3]) * uc_out
-        sign = ev_sign[e]
+        w0 = u(cp[x3]) * uc_out
         r = y * ukh
         for ky in range(kh):
             oy = rm[r + u(ky)]
             if oy < 0:
                 continue
-            add_run(acc, u(oy) * row_stride + a_x, row_w, w0 + u(ky) * kernel_row, n, sign)
-            ops += n_taps * c_out
+            add_runs(acc, u(oy) * row_stride + a_x, row_w, w0 + u(ky) * kernel_row, group_w, group_sign, u(g), n)
+            ops += g * n_taps * c_out
     if has_zeros:
         # Zero weights were added but are no synaptic operations. Counting them in a
         # pass of their own keeps the loop above free of table lookups (which, measured,
@@ -435,15 +448,15 @@ def _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc):
 
 @njit(**_PARALLEL)
 def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ibuf, i32buf, fbuf,
-                pop_off, h_off, pop_code, pop_params, pop_channels, pop_channel_major,
+                pop_off, pop_size, h_off, pop_code, pop_params, pop_channels, pop_channel_major,
                 x_spikes, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, in_cnt,
                 n_pos, n_neg, syn_ops, events_in, input_events, out_acc, spikes, chunk):
     """Run a batch through all timesteps of a compiled program (see :mod:`evsim.program`).
 
     ``steps[s] = (kind, index)``: scatter projection ``index`` or fire
     population ``index``, in topological order, once per timestep. State
-    arrays are (N, ...) with each population at ``pop_off[i]:pop_off[i+1]``
-    of the flat per-sample vector. ``spikes`` (N, T, n_neurons) is written
+    arrays are (N, ...) with each population at ``pop_off[i]:pop_off[i] +
+    pop_size[i]`` of the flat per-sample vector (the gaps align the next one). ``spikes`` (N, T, n_neurons) is written
     only when ``record``.
 
     ``v`` starts as a copy of ``drive`` (step 1 from rest: u = 0 + drive).
@@ -481,21 +494,21 @@ def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ib
                             if dst < 0:
                                 acc = out_acc[n]
                             else:
-                                acc = v[n, pop_off[dst]:pop_off[dst + 1]]
+                                acc = v[n, pop_off[dst]:pop_off[dst] + pop_size[dst]]
                             if src < 0:
                                 cnt = in_cnt[n]
                                 ops = _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, in_idx[n], in_sign[n], cnt, acc)
                             else:
                                 cnt = ev_cnt[n, src]
                                 lo = pop_off[src]
-                                hi = pop_off[src + 1]
+                                hi = lo + pop_size[src]
                                 ops = _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx[n, lo:hi],
                                                    ev_sign[n, lo:hi], cnt, acc)
                             events_in[n, j] += cnt
                             syn_ops[n, j] += ops
                     else:
                         lo = pop_off[j]
-                        hi = pop_off[j + 1]
+                        hi = lo + pop_size[j]
                         prm = pop_params[j]
                         for n in range(first, last):
                             cnt, pos, neg = fire(pop_code[j], prm[0], prm[1], prm[2], prm[3], prm[4], v[n, lo:hi],

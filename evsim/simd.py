@@ -17,6 +17,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 LANES = 16
+BLOCKS = (6, 3)   # vector chunks that add_runs keeps in registers at once: long runs, then the rest
 
 _i1, _i8, _i16, _i32, _i64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
 _V_I1, _V_I8, _V_I32 = (ir.VectorType(t, LANES) for t in (_i1, _i8, _i32))
@@ -92,6 +93,80 @@ def queue16(typingctx, frame, start, stride, ev_idx, ev_sign, cnt):
     return sig, codegen
 
 
+class _Runs:
+    """LLVM pieces shared by the synaptic-run intrinsics: 64-byte vectors of the weights' float type."""
+
+    def __init__(self, context, builder, dtype, n_val):
+        self.b = builder
+        self.size = 4 if dtype == types.float32 else 8
+        self.lanes = 64 // self.size
+        self.vt = ir.VectorType(context.get_data_type(dtype), self.lanes)
+        self.vptr = self.vt.as_pointer()
+        self.int_ty = ir.IntType(self.size * 8)
+        self.int_vt = ir.VectorType(self.int_ty, self.lanes)
+        shift = ir.Constant(_i64, self.lanes.bit_length() - 1)
+        self.n_full = builder.lshr(n_val, shift)                    # whole vectors
+        self.done = builder.shl(self.n_full, shift)
+        self.tail = builder.and_(n_val, ir.Constant(_i64, self.lanes - 1))
+        bits = builder.sub(builder.shl(ir.Constant(_i64, 1), self.tail), ir.Constant(_i64, 1))
+        self.mask = builder.bitcast(builder.trunc(bits, ir.IntType(self.lanes)), ir.VectorType(_i1, self.lanes))
+        suffix = f"v{self.lanes}f{self.size * 8}.p0"
+        mod = builder.module
+        self._mload = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(self.vt, [self.vptr, _i32, self.mask.type, self.vt]), f"llvm.masked.load.{suffix}")
+        self._mstore = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [self.vt, self.vptr, _i32, self.mask.type]), f"llvm.masked.store.{suffix}")
+        self.align = ir.Constant(_i32, self.size)
+
+    def ptr(self, base, offset):
+        return self.b.bitcast(self.b.gep(base, [offset]), self.vptr)
+
+    def load(self, p, masked):
+        """``masked``: False (a whole vector), True (the run's tail) or a lane mask."""
+        if masked is False:
+            return self.b.load(p, align=self.size)
+        mask = self.mask if masked is True else masked
+        return self.b.call(self._mload, [p, self.align, mask, ir.Constant(self.vt, None)])
+
+    def store(self, value, p, masked):
+        if masked is False:
+            self.b.store(value, p, align=self.size)
+        else:
+            self.b.call(self._mstore, [value, p, self.align, self.mask if masked is True else masked])
+
+    def flip(self, sign):
+        """The sign bit set in every lane for a -1 spike, clear for +1.
+
+        The event's sign flips the weights' sign bit (exact: ``a - w`` is ``a + (-w)``
+        in IEEE arithmetic) instead of choosing between an add loop and a subtract
+        loop, whose branch mispredicts on half the events. The flip is taken from the
+        sign's bits, not from a comparison, so that LLVM does not turn it back into a
+        branch.
+        """
+        b = self.b
+        f = b.shl(b.and_(b.zext(sign, self.int_ty), ir.Constant(self.int_ty, 0x80)),
+                  ir.Constant(self.int_ty, self.size * 8 - 8))
+        v = b.insert_element(ir.Constant(self.int_vt, ir.Undefined), f, ir.Constant(_i32, 0))
+        return b.shuffle_vector(v, ir.Constant(self.int_vt, ir.Undefined),
+                                ir.Constant(ir.VectorType(_i32, self.lanes), None))
+
+    def signed_add(self, a, w, flip):
+        b = self.b
+        return b.fadd(a, b.bitcast(b.xor(b.bitcast(w, self.int_vt), flip), self.vt))
+
+    def chunks(self, body):
+        """``body(offset, masked)`` for every whole vector of the run, then once, masked, for its tail."""
+        with cgutils.for_range(self.b, self.n_full) as loop:
+            body(self.b.mul(loop.index, ir.Constant(_i64, self.lanes)), False)
+        with self.b.if_then(self.b.icmp_unsigned("!=", self.tail, ir.Constant(_i64, 0))):
+            body(self.done, True)
+
+
+def _float_arrays(*arrays):
+    return (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+            and len({a.dtype for a in arrays}) == 1 and arrays[0].dtype in (types.float32, types.float64))
+
+
 @intrinsic
 def add_run(typingctx, acc, a0, w, b0, n, sign):
     """``acc[a0 + j] += w[b0 + j]`` for ``j < n`` (``-=`` when ``sign`` is -1): one synaptic run.
@@ -105,73 +180,100 @@ def add_run(typingctx, acc, a0, w, b0, n, sign):
     are distinct C-contiguous float arrays of one dtype, seen flat; offsets
     are unsigned and unchecked (the caller keeps ``[a0, a0 + n)`` and
     ``[b0, b0 + n)`` inside them). Each element is updated by one IEEE add
-    or subtract, exactly as the scalar loop.
-    ``sign`` is the event's int8 sign, +1 or -1.
+    or subtract, exactly as the scalar loop. ``sign`` is the event's int8
+    sign, +1 or -1.
     """
-    ok = (isinstance(acc, types.Array) and isinstance(w, types.Array) and acc.layout == "C" and w.layout == "C"
-          and acc.dtype == w.dtype and acc.dtype in (types.float32, types.float64))
-    if not ok:
+    if not _float_arrays(acc, w):
         return None
     sig = types.void(acc, types.uint64, w, types.uint64, types.uint64, types.int8)
 
     def codegen(context, builder, signature, args):
         aa, a_off, wa, w_off, n_val, sign = args
         aty, _, wty, _, _, _ = signature.args
-        acc_arr = context.make_array(aty)(context, builder, value=aa)
-        w_arr = context.make_array(wty)(context, builder, value=wa)
-        ft = context.get_data_type(aty.dtype)
-        size = 4 if aty.dtype == types.float32 else 8
-        lanes = 64 // size
-        vt = ir.VectorType(ft, lanes)
-        pa = builder.gep(acc_arr.data, [a_off])
-        pw = builder.gep(w_arr.data, [w_off])
-        n_full = builder.lshr(n_val, ir.Constant(_i64, lanes.bit_length() - 1))
-        done = builder.shl(n_full, ir.Constant(_i64, lanes.bit_length() - 1))
+        r = _Runs(context, builder, aty.dtype, n_val)
+        pa = builder.gep(context.make_array(aty)(context, builder, value=aa).data, [a_off])
+        pw = builder.gep(context.make_array(wty)(context, builder, value=wa).data, [w_off])
+        flip = r.flip(sign)
 
-        tail = builder.and_(n_val, ir.Constant(_i64, lanes - 1))
-        mask_int = ir.IntType(lanes)
-        mask = builder.bitcast(builder.trunc(builder.sub(builder.shl(ir.Constant(_i64, 1), tail), ir.Constant(_i64, 1)),
-                                             mask_int), ir.VectorType(_i1, lanes))
-        vptr = vt.as_pointer()
-        suffix = f"v{lanes}f{size * 8}.p0"
-        load_ty = ir.FunctionType(vt, [vptr, _i32, mask.type, vt])
-        masked_load = cgutils.get_or_insert_function(builder.module, load_ty, f"llvm.masked.load.{suffix}")
-        store_ty = ir.FunctionType(ir.VoidType(), [vt, vptr, _i32, mask.type])
-        masked_store = cgutils.get_or_insert_function(builder.module, store_ty, f"llvm.masked.store.{suffix}")
-        align = ir.Constant(_i32, size)
+        def body(at, masked):
+            ap = r.ptr(pa, at)
+            r.store(r.signed_add(r.load(ap, masked), r.load(r.ptr(pw, at), masked), flip), ap, masked)
 
-        def loops(op):
-            with cgutils.for_range(builder, n_full) as loop:
-                at = builder.mul(loop.index, ir.Constant(_i64, lanes))
-                ap = builder.bitcast(builder.gep(pa, [at]), vptr)
-                wp = builder.bitcast(builder.gep(pw, [at]), vptr)
-                builder.store(op(builder.load(ap, align=size), builder.load(wp, align=size)), ap, align=size)
-            # the last n % lanes elements: one masked vector step instead of a scalar loop (whose
-            # set-up, vectorised again by LLVM, cost more than the additions at 16-64 channels)
-            with builder.if_then(builder.icmp_unsigned("!=", tail, ir.Constant(_i64, 0))):
-                ap = builder.bitcast(builder.gep(pa, [done]), vptr)
-                wp = builder.bitcast(builder.gep(pw, [done]), vptr)
-                zero = ir.Constant(vt, None)
-                a = builder.call(masked_load, [ap, align, mask, zero])
-                b = builder.call(masked_load, [wp, align, mask, zero])
-                builder.call(masked_store, [op(a, b), ap, align, mask])
+        r.chunks(body)
+        return context.get_dummy_value()
 
-        # The event's sign flips the weights' sign bit (exact: a - w is a + (-w) in IEEE
-        # arithmetic) instead of choosing between an add loop and a subtract loop, whose
-        # branch mispredicts on half the events. The flip is taken from the sign's bits, not
-        # from a comparison, so that LLVM does not turn it back into a branch.
-        int_ty = ir.IntType(size * 8)
-        int_vt = ir.VectorType(int_ty, lanes)
-        flip = builder.shl(builder.and_(builder.zext(sign, int_ty), ir.Constant(int_ty, 0x80)),
-                           ir.Constant(int_ty, size * 8 - 8))
-        flip_v = builder.insert_element(ir.Constant(int_vt, ir.Undefined), flip, ir.Constant(_i32, 0))
-        flip_v = builder.shuffle_vector(flip_v, ir.Constant(int_vt, ir.Undefined),
-                                        ir.Constant(ir.VectorType(_i32, lanes), None))
+    return sig, codegen
 
-        def signed_add(a, w):
-            return builder.fadd(a, builder.bitcast(builder.xor(builder.bitcast(w, int_vt), flip_v), vt))
 
-        loops(signed_add)
+@intrinsic
+def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
+    """The runs of ``count`` events that land on the same accumulators, added in one pass.
+
+    ``acc[a0 + j] += sign[k] * w[b0 + w_offsets[k] + j]`` for ``j < n`` and
+    ``k < count``, in order of ``k``. The events of one input position (its
+    channels, which a population queued in memory order emits together) reach
+    the same output run, each through its own weights. Each 64-byte chunk of
+    ``acc`` is loaded once, takes every event's weights in a register, and is
+    stored once: the accumulator traffic and the store-to-load chains between
+    consecutive events go away, and only the weights stream from the cache.
+    Every element still sees the same IEEE additions in the same order as
+    ``count`` calls of :func:`add_run`, so the result is bit for bit the same.
+    """
+    if not _float_arrays(acc, w):
+        return None
+    if not (isinstance(w_offsets, types.Array) and w_offsets.dtype == types.uint64 and w_offsets.layout == "C"
+            and isinstance(signs, types.Array) and signs.dtype == types.int8 and signs.layout == "C"):
+        return None
+    sig = types.void(acc, types.uint64, w, types.uint64, w_offsets, signs, types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        aa, a_off, wa, w_off, oa, sa, count, n_val = args
+        aty, _, wty, _, oty, sty, _, _ = signature.args
+        r = _Runs(context, builder, aty.dtype, n_val)
+        pa = builder.gep(context.make_array(aty)(context, builder, value=aa).data, [a_off])
+        pw = builder.gep(context.make_array(wty)(context, builder, value=wa).data, [w_off])
+        offsets = context.make_array(oty)(context, builder, value=oa).data
+        sign_data = context.make_array(sty)(context, builder, value=sa).data
+        # Blocks of chunks, each chunk with its lane mask: blocks of BLOCKS[0] while the run
+        # has that many chunks left, then blocks of BLOCKS[1]. The accumulators of a block stay
+        # in registers while every event of the group adds to them, and the several chains of
+        # additions in flight hide each other's latency. A full 3x3 run over C_out channels (C_out
+        # a multiple of 16) is 3 * C_out / 16 chunks, so a run ends in whole blocks; long runs
+        # take the long blocks, which read each event's weights in longer pieces.
+        big, small = BLOCKS
+        lanes = ir.Constant(_i64, r.lanes)
+        n_chunks = builder.lshr(builder.add(n_val, ir.Constant(_i64, r.lanes - 1)),
+                                ir.Constant(_i64, r.lanes.bit_length() - 1))
+        n_big = builder.udiv(n_chunks, ir.Constant(_i64, big))
+        rest = builder.sub(n_chunks, builder.mul(n_big, ir.Constant(_i64, big)))
+        n_small = builder.udiv(builder.add(rest, ir.Constant(_i64, small - 1)), ir.Constant(_i64, small))
+        after_big = builder.mul(n_big, ir.Constant(_i64, big * r.lanes))
+        held = [cgutils.alloca_once(builder, r.vt) for _ in range(big)]   # promoted to registers by mem2reg
+
+        def block(base, size):
+            ats, masks = [], []
+            for i in range(size):
+                at = builder.add(base, ir.Constant(_i64, i * r.lanes))
+                left = builder.sub(n_val, builder.select(builder.icmp_unsigned("<", at, n_val), at, n_val))
+                take = builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes)
+                bits = builder.sub(builder.shl(ir.Constant(_i64, 1), take), ir.Constant(_i64, 1))
+                ats.append(at)
+                masks.append(builder.bitcast(builder.trunc(bits, ir.IntType(r.lanes)), ir.VectorType(_i1, r.lanes)))
+                builder.store(r.load(r.ptr(pa, at), masks[i]), held[i])
+            with cgutils.for_range(builder, count) as ev:
+                k = ev.index
+                pk = builder.gep(pw, [builder.load(builder.gep(offsets, [k]))])
+                flip = r.flip(builder.load(builder.gep(sign_data, [k])))
+                for i in range(size):
+                    w_chunk = r.load(r.ptr(pk, ats[i]), masks[i])
+                    builder.store(r.signed_add(builder.load(held[i]), w_chunk, flip), held[i])
+            for i in range(size):
+                r.store(builder.load(held[i]), r.ptr(pa, ats[i]), masks[i])
+
+        with cgutils.for_range(builder, n_big) as blk:
+            block(builder.mul(blk.index, ir.Constant(_i64, big * r.lanes)), big)
+        with cgutils.for_range(builder, n_small) as blk:
+            block(builder.add(after_big, builder.mul(blk.index, ir.Constant(_i64, small * r.lanes))), small)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -444,6 +444,7 @@ def test_program_shares_the_compiled_weights(conv_mode):
             if cp.mode != "dense" and k != "has_zeros":          # a flag, not an array of the network
                 buf = prog.i32buf if a.dtype == np.int32 else prog.fbuf if a.dtype == cn.dtype else prog.ibuf
                 assert np.shares_memory(a, buf), f"{cp.name}.{k} is a copy"
+                assert a.ctypes.data % 64 == 0, f"{cp.name}.{k} does not start on a cache line"
                 n_shared += 1
     assert n_shared >= 10
     assert {cp.mode for cp in cn.projections} >= ({"conv_rows", "conv"} if conv_mode == "kernel" else {"csr"})
@@ -451,3 +452,26 @@ def test_program_shares_the_compiled_weights(conv_mode):
     ref_out = reference.simulate(net, x)[0]
     for fused in (True, False):
         np.testing.assert_allclose(simulate(cn, x, fused=fused).outputs, ref_out, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_state_of_every_population_starts_on_a_cache_line(dtype):
+    """Populations of sizes that are no multiple of 16 still start 64-byte aligned in every sample's state,
+    and the gaps between them change no result."""
+    net = networks.residual_net(model="ternary_lif", encoding="spikes", c=3, hw=4)   # populations of 48 and 24 neurons
+    cn = compile_network(net, dtype=dtype)
+    prog = build_program(cn)
+    sizes = [p.size for p in cn.populations]
+    assert any(n % 16 for n in sizes)                 # the case the padding is for
+    np.testing.assert_array_equal(prog.pop_size, sizes)
+    assert all(off % 64 == 0 for off in prog.pop_off)
+    assert all(prog.pop_off[i] + sizes[i] <= prog.pop_off[i + 1] for i in range(len(sizes)))
+    x = networks.random_input(net, 3, seed=4)
+    res = simulate(cn, x, record=True)
+    ws = prog.workspaces[3]
+    assert all(a.ctypes.data % 64 == 0 for a in ws)
+    ref_out, ref_spikes = reference.simulate(net, x)[:2]
+    np.testing.assert_allclose(res.outputs, ref_out, rtol=0, atol=1e-12 if dtype == "float64" else 1e-4)
+    if dtype == "float64":
+        for name in ref_spikes:
+            np.testing.assert_array_equal(res.spikes[name], ref_spikes[name], err_msg=name)

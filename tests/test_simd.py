@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from evsim.simd import add_run
+from evsim.simd import add_run, add_runs
 
 
 @njit
@@ -39,3 +39,30 @@ def test_add_run_sees_a_two_dimensional_array_flat():
     expect = np.zeros(48, np.float32)
     expect[16:36] = np.arange(8, 28)
     np.testing.assert_array_equal(acc.ravel(), expect)
+
+
+@njit
+def _add_runs(acc, a0, w, b0, offsets, signs, count, n):
+    add_runs(acc, np.uint64(a0), w, np.uint64(b0), offsets, signs, np.uint64(count), np.uint64(n))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 70), st.integers(0, 6), st.integers(0, 20),
+       st.integers(0, 2**32 - 1))
+def test_add_runs_equals_one_run_per_event_in_order(dtype, n, count, a0, seed):
+    """A group of events on one output run, against the same runs added one by one, in order, in NumPy."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(300).astype(dtype)
+    b0 = int(rng.integers(0, 50))
+    offsets = rng.integers(0, 300 - 50 - n + 1, size=count + 2).astype(np.uint64)   # spare entries are ignored
+    signs = rng.choice(np.array([-1, 1], np.int8), size=count + 2)
+    acc = rng.standard_normal(a0 + n + 20).astype(dtype)
+    expect = acc.copy()
+    for k in range(count):
+        o = b0 + int(offsets[k])
+        if signs[k] > 0:
+            expect[a0:a0 + n] += w[o:o + n]
+        else:
+            expect[a0:a0 + n] -= w[o:o + n]
+    _add_runs(acc, a0, w, b0, offsets, signs, count, n)
+    np.testing.assert_array_equal(acc, expect)
