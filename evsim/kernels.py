@@ -197,25 +197,57 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     return ops
 
 
+CSR_GROUP = 64     # events that csr adds in one pass at most
+
+
 @njit(**_SERIAL)
 def csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc):
     """Scatter one sample's events through explicit CSR rows (row = presynaptic neuron).
 
     Stored zeros are not kept in the CSR, so each row entry is one synaptic
-    operation. ``acc``: flat (n_target,).
+    operation. ``acc``: flat (n_target,). Column indices are sorted and
+    unique within a row (as the compiler builds them), so a row whose first
+    and last index lie ``len - 1`` apart covers a contiguous range of
+    targets, as every row of a dense linear layer does. Consecutive events
+    whose rows cover the same range are added in one pass with
+    :func:`evsim.simd.add_runs` (the targets held in registers over the
+    group); other rows take a gather-scatter loop.
     """
+    group_w = np.empty(CSR_GROUP, np.uint64)
+    group_sign = np.empty(CSR_GROUP, np.int8)
     ops = 0
-    for e in range(cnt):
+    e = 0
+    while e < cnt:
         row = ev_idx[e]
         lo = indptr[row]
         hi = indptr[row + 1]
-        if ev_sign[e] > 0:
-            for k in range(lo, hi):
-                acc[indices[k]] += data[k]
-        else:
-            for k in range(lo, hi):
-                acc[indices[k]] -= data[k]
-        ops += hi - lo
+        n = hi - lo
+        if n == 0:
+            e += 1
+            continue
+        first = indices[lo]
+        if indices[hi - 1] - first != n - 1:
+            if ev_sign[e] > 0:
+                for k in range(lo, hi):
+                    acc[indices[k]] += data[k]
+            else:
+                for k in range(lo, hi):
+                    acc[indices[k]] -= data[k]
+            ops += n
+            e += 1
+            continue
+        g = 0
+        while e < cnt and g < CSR_GROUP:     # the following events whose rows cover the same targets
+            row = ev_idx[e]
+            lo = indptr[row]
+            if indptr[row + 1] - lo != n or indices[lo] != first or indices[lo + n - 1] != first + n - 1:
+                break
+            group_w[g] = np.uint64(lo)
+            group_sign[g] = ev_sign[e]
+            g += 1
+            e += 1
+        add_runs(acc, np.uint64(first), data, np.uint64(0), group_w, group_sign, np.uint64(g), np.uint64(n))
+        ops += g * n
     return ops
 
 

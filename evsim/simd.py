@@ -17,7 +17,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 LANES = 16
-BLOCKS = (6, 3)   # vector chunks that add_runs keeps in registers at once: long runs, then the rest
+BLOCK = 6         # vector chunks that add_runs keeps in registers at once
 
 _i1, _i8, _i16, _i32, _i64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
 _V_I1, _V_I8, _V_I32 = (ir.VectorType(t, LANES) for t in (_i1, _i8, _i32))
@@ -234,21 +234,18 @@ def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
         pw = builder.gep(context.make_array(wty)(context, builder, value=wa).data, [w_off])
         offsets = context.make_array(oty)(context, builder, value=oa).data
         sign_data = context.make_array(sty)(context, builder, value=sa).data
-        # Blocks of chunks, each chunk with its lane mask: blocks of BLOCKS[0] while the run
-        # has that many chunks left, then blocks of BLOCKS[1]. The accumulators of a block stay
-        # in registers while every event of the group adds to them, and the several chains of
-        # additions in flight hide each other's latency. A full 3x3 run over C_out channels (C_out
-        # a multiple of 16) is 3 * C_out / 16 chunks, so a run ends in whole blocks; long runs
-        # take the long blocks, which read each event's weights in longer pieces.
-        big, small = BLOCKS
+        # Blocks of chunks, each chunk with its lane mask: blocks of BLOCK while the run has
+        # that many chunks left, then one block of the 1..BLOCK-1 that remain (a kernel row of
+        # 3 taps over 16 channels is 3 chunks; at stride 2 or at a border, 1, 2 or 4). The
+        # accumulators of a block stay in registers while every event of the group adds to
+        # them, and the several chains of additions in flight hide each other's latency.
         lanes = ir.Constant(_i64, r.lanes)
         n_chunks = builder.lshr(builder.add(n_val, ir.Constant(_i64, r.lanes - 1)),
                                 ir.Constant(_i64, r.lanes.bit_length() - 1))
-        n_big = builder.udiv(n_chunks, ir.Constant(_i64, big))
-        rest = builder.sub(n_chunks, builder.mul(n_big, ir.Constant(_i64, big)))
-        n_small = builder.udiv(builder.add(rest, ir.Constant(_i64, small - 1)), ir.Constant(_i64, small))
-        after_big = builder.mul(n_big, ir.Constant(_i64, big * r.lanes))
-        held = [cgutils.alloca_once(builder, r.vt) for _ in range(big)]   # promoted to registers by mem2reg
+        n_big = builder.udiv(n_chunks, ir.Constant(_i64, BLOCK))
+        rest = builder.sub(n_chunks, builder.mul(n_big, ir.Constant(_i64, BLOCK)))
+        after_big = builder.mul(n_big, ir.Constant(_i64, BLOCK * r.lanes))
+        held = [cgutils.alloca_once(builder, r.vt) for _ in range(BLOCK)]   # promoted to registers by mem2reg
 
         def block(base, size):
             ats, masks = [], []
@@ -271,9 +268,10 @@ def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
                 r.store(builder.load(held[i]), r.ptr(pa, ats[i]), masks[i])
 
         with cgutils.for_range(builder, n_big) as blk:
-            block(builder.mul(blk.index, ir.Constant(_i64, big * r.lanes)), big)
-        with cgutils.for_range(builder, n_small) as blk:
-            block(builder.add(after_big, builder.mul(blk.index, ir.Constant(_i64, small * r.lanes))), small)
+            block(builder.mul(blk.index, ir.Constant(_i64, BLOCK * r.lanes)), BLOCK)
+        for size in range(1, BLOCK):
+            with builder.if_then(builder.icmp_unsigned("==", rest, ir.Constant(_i64, size))):
+                block(after_big, size)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -285,13 +285,19 @@ def test_direct_linear_kernel(dt):
     np.testing.assert_allclose(out, out0 + x.astype(float) @ wt.astype(float), **_tol(dt))
 
 
+@pytest.mark.parametrize("prune,n_src", [(0.0, 13), (0.6, 13), (0.0, 150)])
 @pytest.mark.parametrize("dt", DTYPES)
-def test_scatter_csr_kernel(dt):
+def test_scatter_csr_kernel(dt, prune, n_src):
+    """Rows that cover a contiguous range of targets take the vector path, in groups of consecutive events
+    on the same range (150 sources: groups longer than CSR_GROUP), the others the gather loop; with prune=0
+    every row but the two edited ones is contiguous (a dense linear layer)."""
     rng = np.random.default_rng(11)
-    n, n_src, n_tgt = 4, 13, 9
+    n, n_tgt = 4, 21
     dense = rng.normal(size=(n_src, n_tgt))
-    dense[rng.random(dense.shape) < 0.6] = 0.0
+    dense[rng.random(dense.shape) < prune] = 0.0
     dense[3] = 0.0                                        # a source neuron with no synapse
+    dense[5, 7] = 0.0                                     # a row with a gap
+    dense[6, :4] = dense[6, -3:] = 0.0                    # a contiguous row that starts late and ends early
     rows, cols = np.nonzero(dense)
     indptr = np.zeros(n_src + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_src), out=indptr[1:])
