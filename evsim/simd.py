@@ -247,16 +247,17 @@ def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
         after_big = builder.mul(n_big, ir.Constant(_i64, BLOCK * r.lanes))
         held = [cgutils.alloca_once(builder, r.vt) for _ in range(BLOCK)]   # promoted to registers by mem2reg
 
-        def block(base, size):
-            ats, masks = [], []
+        def block_with(base, size, masked):
+            ats = [builder.add(base, ir.Constant(_i64, i * r.lanes)) for i in range(size)]
+            masks = [False] * size
+            if masked:
+                for i, at in enumerate(ats):
+                    left = builder.sub(n_val, builder.select(builder.icmp_unsigned("<", at, n_val), at, n_val))
+                    take = builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes)
+                    bits = builder.sub(builder.shl(ir.Constant(_i64, 1), take), ir.Constant(_i64, 1))
+                    masks[i] = builder.bitcast(builder.trunc(bits, ir.IntType(r.lanes)), ir.VectorType(_i1, r.lanes))
             for i in range(size):
-                at = builder.add(base, ir.Constant(_i64, i * r.lanes))
-                left = builder.sub(n_val, builder.select(builder.icmp_unsigned("<", at, n_val), at, n_val))
-                take = builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes)
-                bits = builder.sub(builder.shl(ir.Constant(_i64, 1), take), ir.Constant(_i64, 1))
-                ats.append(at)
-                masks.append(builder.bitcast(builder.trunc(bits, ir.IntType(r.lanes)), ir.VectorType(_i1, r.lanes)))
-                builder.store(r.load(r.ptr(pa, at), masks[i]), held[i])
+                builder.store(r.load(r.ptr(pa, ats[i]), masks[i]), held[i])
             with cgutils.for_range(builder, count) as ev:
                 k = ev.index
                 pk = builder.gep(pw, [builder.load(builder.gep(offsets, [k]))])
@@ -266,6 +267,16 @@ def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
                     builder.store(r.signed_add(builder.load(held[i]), w_chunk, flip), held[i])
             for i in range(size):
                 r.store(builder.load(held[i]), r.ptr(pa, ats[i]), masks[i])
+
+        def block(base, size):
+            # whole vectors (the usual case: C_out a multiple of 16) take plain loads, which
+            # the CPU fuses with the xor; only a block that reaches past the run is masked
+            whole = builder.icmp_unsigned("<=", builder.add(base, ir.Constant(_i64, size * r.lanes)), n_val)
+            with builder.if_else(whole) as (plain, partial):
+                with plain:
+                    block_with(base, size, False)
+                with partial:
+                    block_with(base, size, True)
 
         with cgutils.for_range(builder, n_big) as blk:
             block(builder.mul(blk.index, ir.Constant(_i64, BLOCK * r.lanes)), BLOCK)
