@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
-from .simd import LANES, add_run, add_runs, queue16
+from .simd import LANES, ROWS, add_run, add_runs, queue16
 
 _SERIAL = dict(cache=True, nogil=True, fastmath=False, boundscheck=False)
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -147,39 +147,48 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     row_stride = u(w_out * c_out)
     kernel_row = u(kw * c_out)
     channel = u(kh * kw * c_out)
-    # the weight offsets and signs of one group of events (the events of one input position)
+    # one group of events (the events of one input position): their weight offsets and signs;
+    # and the output runs they reach, one per kernel row: accumulator and weight offsets
     group_w = np.empty(c_in, np.uint64)
     group_sign = np.empty(c_in, np.int8)
+    row_a = np.empty(kh, np.uint64)
+    row_b = np.empty(kh, np.uint64)
     ops = 0
     e = 0
     while e < cnt:
         idx = u(ev_idx[e])
         p = (idx * m_c) >> s_c          # idx // c_in, exact (see divider)
-        y = (p * m_w) >> s_w
-        x3 = (p - y * uw_in) * u(3)
         # the events that follow at the same input position (its other channels: a
         # queue in memory order emits them together) reach the same output runs
         first = p * uc_in
         end = first + uc_in
+        y = (p * m_w) >> s_w
+        x3 = (p - y * uw_in) * u(3)
+        n_taps = cp[x3 + u(1)]
         g = 0
+        if n_taps == 0:                 # a column that reaches no output (stride, border)
+            while e < cnt and u(ev_idx[e]) >= first and u(ev_idx[e]) < end:
+                e += 1
+            continue
         while e < cnt and u(ev_idx[e]) >= first and u(ev_idx[e]) < end:
             group_w[g] = (u(ev_idx[e]) - first) * channel
             group_sign[g] = ev_sign[e]
             g += 1
             e += 1
-        n_taps = cp[x3 + u(1)]
-        if n_taps == 0:
-            continue
         n = u(n_taps) * uc_out
         a_x = u(cp[x3 + u(2)]) * uc_out
         w0 = u(cp[x3]) * uc_out
         r = y * ukh
+        n_rows = 0
         for ky in range(kh):
             oy = rm[r + u(ky)]
-            if oy < 0:
-                continue
-            add_runs(acc, u(oy) * row_stride + a_x, row_w, w0 + u(ky) * kernel_row, group_w, group_sign, u(g), n)
-            ops += g * n_taps * c_out
+            if oy >= 0:
+                row_a[n_rows] = u(oy) * row_stride + a_x
+                row_b[n_rows] = w0 + u(ky) * kernel_row
+                n_rows += 1
+        for r0 in range(0, n_rows, ROWS):      # ROWS kernel rows per pass (all of a 3x3 kernel)
+            add_runs(acc, row_a[r0:], row_w, row_b[r0:], u(min(ROWS, n_rows - r0)), group_w, group_sign, u(g), n)
+        ops += g * n_rows * n_taps * c_out
     if has_zeros:
         # Zero weights were added but are no synaptic operations. Counting them in a
         # pass of their own keeps the loop above free of table lookups (which, measured,
@@ -215,6 +224,8 @@ def csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc):
     """
     group_w = np.empty(CSR_GROUP, np.uint64)
     group_sign = np.empty(CSR_GROUP, np.int8)
+    row_a = np.empty(1, np.uint64)
+    row_b = np.zeros(1, np.uint64)
     ops = 0
     e = 0
     while e < cnt:
@@ -246,7 +257,8 @@ def csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc):
             group_sign[g] = ev_sign[e]
             g += 1
             e += 1
-        add_runs(acc, np.uint64(first), data, np.uint64(0), group_w, group_sign, np.uint64(g), np.uint64(n))
+        row_a[0] = np.uint64(first)
+        add_runs(acc, row_a, data, row_b, np.uint64(1), group_w, group_sign, np.uint64(g), np.uint64(n))
         ops += g * n
     return ops
 

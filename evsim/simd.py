@@ -17,7 +17,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 LANES = 16
-BLOCK = 6         # vector chunks that add_runs keeps in registers at once
+BLOCK = 6         # vector chunks along a run that add_runs keeps in registers at once
+ROWS = 3          # runs (kernel rows) that add_runs takes at once
 
 _i1, _i8, _i16, _i32, _i64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
 _V_I1, _V_I8, _V_I32 = (ir.VectorType(t, LANES) for t in (_i1, _i8, _i32))
@@ -206,48 +207,54 @@ def add_run(typingctx, acc, a0, w, b0, n, sign):
 
 
 @intrinsic
-def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
+def add_runs(typingctx, acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n):
     """The runs of ``count`` events that land on the same accumulators, added in one pass.
 
-    ``acc[a0 + j] += sign[k] * w[b0 + w_offsets[k] + j]`` for ``j < n`` and
-    ``k < count``, in order of ``k``. The events of one input position (its
-    channels, which a population queued in memory order emits together) reach
-    the same output run, each through its own weights. Each 64-byte chunk of
-    ``acc`` is loaded once, takes every event's weights in a register, and is
-    stored once: the accumulator traffic and the store-to-load chains between
-    consecutive events go away, and only the weights stream from the cache.
-    Every element still sees the same IEEE additions in the same order as
-    ``count`` calls of :func:`add_run`, so the result is bit for bit the same.
+    ``acc[a_rows[r] + j] += sign[k] * w[b_rows[r] + w_offsets[k] + j]`` for
+    ``j < n``, ``r < n_rows`` (at most ROWS) and ``k < count``, in order of
+    ``k``. The events of one input position (its channels, which a
+    population queued in memory order emits together) reach the same output
+    runs, one per kernel row, each event through its own weights. Each
+    64-byte chunk of ``acc`` is loaded once, takes every event's weights in
+    a register, and is stored once: the accumulator traffic and the
+    store-to-load chains between consecutive events go away, and only the
+    weights stream from the cache. Every element still sees the same IEEE
+    additions in the same order as one :func:`add_run` per event and row, so
+    the result is bit for bit the same.
     """
     if not _float_arrays(acc, w):
         return None
-    if not (isinstance(w_offsets, types.Array) and w_offsets.dtype == types.uint64 and w_offsets.layout == "C"
+    u64 = (a_rows, b_rows, w_offsets)
+    if not (all(isinstance(a, types.Array) and a.dtype == types.uint64 and a.layout == "C" for a in u64)
             and isinstance(signs, types.Array) and signs.dtype == types.int8 and signs.layout == "C"):
         return None
-    sig = types.void(acc, types.uint64, w, types.uint64, w_offsets, signs, types.uint64, types.uint64)
+    sig = types.void(acc, a_rows, w, b_rows, types.uint64, w_offsets, signs, types.uint64, types.uint64)
 
     def codegen(context, builder, signature, args):
-        aa, a_off, wa, w_off, oa, sa, count, n_val = args
-        aty, _, wty, _, oty, sty, _, _ = signature.args
+        aa, ara, wa, bra, n_rows, oa, sa, count, n_val = args
+        aty, arty, wty, brty, _, oty, sty, _, _ = signature.args
         r = _Runs(context, builder, aty.dtype, n_val)
-        pa = builder.gep(context.make_array(aty)(context, builder, value=aa).data, [a_off])
-        pw = builder.gep(context.make_array(wty)(context, builder, value=wa).data, [w_off])
+        acc_data = context.make_array(aty)(context, builder, value=aa).data
+        w_data = context.make_array(wty)(context, builder, value=wa).data
+        a_row_data = context.make_array(arty)(context, builder, value=ara).data
+        b_row_data = context.make_array(brty)(context, builder, value=bra).data
         offsets = context.make_array(oty)(context, builder, value=oa).data
         sign_data = context.make_array(sty)(context, builder, value=sa).data
-        # Blocks of chunks, each chunk with its lane mask: blocks of BLOCK while the run has
-        # that many chunks left, then one block of the 1..BLOCK-1 that remain (a kernel row of
-        # 3 taps over 16 channels is 3 chunks; at stride 2 or at a border, 1, 2 or 4). The
-        # accumulators of a block stay in registers while every event of the group adds to
-        # them, and the several chains of additions in flight hide each other's latency.
+        # Blocks of chunks along the run, each chunk with its lane mask: blocks of BLOCK while
+        # the run has that many chunks left, then one block of the 1..BLOCK-1 that remain (a
+        # kernel row of 3 taps over 16 channels is 3 chunks; at stride 2 or at a border, 1, 2 or
+        # 4). The accumulators of a block, in every row, stay in registers while every event of
+        # the group adds to them; the chains of additions in flight hide each other's latency,
+        # and an event's offset and sign are read once for all its rows.
         lanes = ir.Constant(_i64, r.lanes)
         n_chunks = builder.lshr(builder.add(n_val, ir.Constant(_i64, r.lanes - 1)),
                                 ir.Constant(_i64, r.lanes.bit_length() - 1))
         n_big = builder.udiv(n_chunks, ir.Constant(_i64, BLOCK))
         rest = builder.sub(n_chunks, builder.mul(n_big, ir.Constant(_i64, BLOCK)))
         after_big = builder.mul(n_big, ir.Constant(_i64, BLOCK * r.lanes))
-        held = [cgutils.alloca_once(builder, r.vt) for _ in range(BLOCK)]   # promoted to registers by mem2reg
+        held = [[cgutils.alloca_once(builder, r.vt) for _ in range(BLOCK)] for _ in range(ROWS)]  # -> registers
 
-        def block_with(base, size, masked):
+        def block_with(pas, pws, base, size, masked):
             ats = [builder.add(base, ir.Constant(_i64, i * r.lanes)) for i in range(size)]
             masks = [False] * size
             if masked:
@@ -256,33 +263,46 @@ def add_runs(typingctx, acc, a0, w, b0, w_offsets, signs, count, n):
                     take = builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes)
                     bits = builder.sub(builder.shl(ir.Constant(_i64, 1), take), ir.Constant(_i64, 1))
                     masks[i] = builder.bitcast(builder.trunc(bits, ir.IntType(r.lanes)), ir.VectorType(_i1, r.lanes))
-            for i in range(size):
-                builder.store(r.load(r.ptr(pa, ats[i]), masks[i]), held[i])
+            for row, pa in enumerate(pas):
+                for i in range(size):
+                    builder.store(r.load(r.ptr(pa, ats[i]), masks[i]), held[row][i])
             with cgutils.for_range(builder, count) as ev:
                 k = ev.index
-                pk = builder.gep(pw, [builder.load(builder.gep(offsets, [k]))])
+                off = builder.load(builder.gep(offsets, [k]))
                 flip = r.flip(builder.load(builder.gep(sign_data, [k])))
+                for row, pw in enumerate(pws):
+                    pk = builder.gep(pw, [off])
+                    for i in range(size):
+                        w_chunk = r.load(r.ptr(pk, ats[i]), masks[i])
+                        builder.store(r.signed_add(builder.load(held[row][i]), w_chunk, flip), held[row][i])
+            for row, pa in enumerate(pas):
                 for i in range(size):
-                    w_chunk = r.load(r.ptr(pk, ats[i]), masks[i])
-                    builder.store(r.signed_add(builder.load(held[i]), w_chunk, flip), held[i])
-            for i in range(size):
-                r.store(builder.load(held[i]), r.ptr(pa, ats[i]), masks[i])
+                    r.store(builder.load(held[row][i]), r.ptr(pa, ats[i]), masks[i])
 
-        def block(base, size):
+        def block(pas, pws, base, size):
             # whole vectors (the usual case: C_out a multiple of 16) take plain loads, which
-            # the CPU fuses with the xor; only a block that reaches past the run is masked
+            # the CPU fuses with the sign flip; only a block that reaches past the run is masked
             whole = builder.icmp_unsigned("<=", builder.add(base, ir.Constant(_i64, size * r.lanes)), n_val)
             with builder.if_else(whole) as (plain, partial):
                 with plain:
-                    block_with(base, size, False)
+                    block_with(pas, pws, base, size, False)
                 with partial:
-                    block_with(base, size, True)
+                    block_with(pas, pws, base, size, True)
 
-        with cgutils.for_range(builder, n_big) as blk:
-            block(builder.mul(blk.index, ir.Constant(_i64, BLOCK * r.lanes)), BLOCK)
-        for size in range(1, BLOCK):
-            with builder.if_then(builder.icmp_unsigned("==", rest, ir.Constant(_i64, size))):
-                block(after_big, size)
+        def rows(nr):
+            pas = [builder.gep(acc_data, [builder.load(builder.gep(a_row_data, [ir.Constant(_i64, q)]))])
+                   for q in range(nr)]
+            pws = [builder.gep(w_data, [builder.load(builder.gep(b_row_data, [ir.Constant(_i64, q)]))])
+                   for q in range(nr)]
+            with cgutils.for_range(builder, n_big) as blk:
+                block(pas, pws, builder.mul(blk.index, ir.Constant(_i64, BLOCK * r.lanes)), BLOCK)
+            for size in range(1, BLOCK):
+                with builder.if_then(builder.icmp_unsigned("==", rest, ir.Constant(_i64, size))):
+                    block(pas, pws, after_big, size)
+
+        for nr in range(1, ROWS + 1):
+            with builder.if_then(builder.icmp_unsigned("==", n_rows, ir.Constant(_i64, nr))):
+                rows(nr)
         return context.get_dummy_value()
 
     return sig, codegen

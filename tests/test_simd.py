@@ -42,30 +42,34 @@ def test_add_run_sees_a_two_dimensional_array_flat():
 
 
 @njit
-def _add_runs(acc, a0, w, b0, offsets, signs, count, n):
-    add_runs(acc, np.uint64(a0), w, np.uint64(b0), offsets, signs, np.uint64(count), np.uint64(n))
+def _add_runs(acc, a_rows, w, b_rows, offsets, signs, count, n):
+    add_runs(acc, a_rows, w, b_rows, np.uint64(len(a_rows)), offsets, signs, np.uint64(count), np.uint64(n))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from([np.float32, np.float64]), st.sampled_from([16, 32, 48, 64, 96, 112, 192]) | st.integers(0, 200),
-       st.integers(0, 6), st.integers(0, 20), st.integers(0, 2**32 - 1))
-def test_add_runs_equals_one_run_per_event_in_order(dtype, n, count, a0, seed):
-    """A group of events on one output run, against the same runs added one by one, in order, in NumPy.
+       st.integers(1, 3), st.integers(0, 6), st.integers(0, 20), st.integers(0, 2**32 - 1))
+def test_add_runs_equals_one_run_per_event_and_row_in_order(dtype, n, n_rows, count, a0, seed):
+    """A group of events on 1-3 output runs (kernel rows), against the same runs added one by one, in order,
+    in NumPy.
 
     Lengths that are whole vectors (plain loads), that end inside a block (masked), of one or several
     blocks of 6 vectors and a rest of 1-5."""
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(500).astype(dtype)
-    b0 = int(rng.integers(0, 50))
-    offsets = rng.integers(0, 500 - 50 - n + 1, size=count + 2).astype(np.uint64)   # spare entries are ignored
+    w = rng.standard_normal(800).astype(dtype)
+    b_rows = rng.integers(0, 100, size=n_rows).astype(np.uint64)
+    offsets = rng.integers(0, 800 - 100 - n + 1, size=count + 2).astype(np.uint64)   # spare entries are ignored
     signs = rng.choice(np.array([-1, 1], np.int8), size=count + 2)
-    acc = rng.standard_normal(a0 + n + 20).astype(dtype)
+    gap = int(rng.integers(0, 5))
+    a_rows = np.array([a0 + q * (n + gap) for q in range(n_rows)], np.uint64)[rng.permutation(n_rows)]
+    acc = rng.standard_normal(a0 + n_rows * (n + gap) + 20).astype(dtype)
     expect = acc.copy()
     for k in range(count):
-        o = b0 + int(offsets[k])
-        if signs[k] > 0:
-            expect[a0:a0 + n] += w[o:o + n]
-        else:
-            expect[a0:a0 + n] -= w[o:o + n]
-    _add_runs(acc, a0, w, b0, offsets, signs, count, n)
+        for q in range(n_rows):
+            a, o = int(a_rows[q]), int(b_rows[q]) + int(offsets[k])
+            if signs[k] > 0:
+                expect[a:a + n] += w[o:o + n]
+            else:
+                expect[a:a + n] -= w[o:o + n]
+    _add_runs(acc, a_rows, w, b_rows, offsets, signs, count, n)
     np.testing.assert_array_equal(acc, expect)
