@@ -403,8 +403,9 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
             "event_order": "channel by channel" if channel_major else "memory order",
             "weights_mib": a["row_w"].nbytes / 2**20, "accumulator_mib_per_sample": acc[0].nbytes / 2**20,
             "events_per_sample": float(cnt.mean()), "syn_ops_per_call": n_ops, "seconds": st,
-            # each addition reads a 4-byte weight and reads + writes a 4-byte accumulator
-            "gbytes_per_s_moved": 12 * n_ops / st["median"] / 1e9,
+            # each addition reads one 4-byte weight; the accumulators of a group of events (one input
+            # position) are read and written once per group, so weights are the traffic that scales
+            "weight_gbytes_per_s": 4 * n_ops / st["median"] / 1e9,
             "gadds_per_s": n_ops / st["median"] / 1e9,
             "gadds_per_s_min": n_ops / st["max"] / 1e9, "gadds_per_s_max": n_ops / st["min"] / 1e9,
             "ns_per_event": st["median"] / max(1, int(cnt.sum())) * 1e9,

@@ -77,17 +77,18 @@ def evaluate_targets(R: dict) -> list[dict]:
             t["status"] = head["gadds_per_s"] >= TARGET_GADDS
             f = c["per_run_fit_ns"]
             if not t["status"]:
-                t["why"] = (f"at C_out=128 the kernel moves {head['gbytes_per_s_moved']:.0f} GB/s (each addition reads a "
-                            f"4-byte weight and reads and writes a 4-byte float32 accumulator: 12 B), with this layer's "
-                            f"{head['weights_mib']:.2f} MiB of weights and {head['accumulator_mib_per_sample']:.2f} MiB of "
-                            f"accumulators in the {R['meta'].get('caches', 'L2')} caches; {TARGET_GADDS:g} G "
-                            f"additions/s would need {12 * TARGET_GADDS:.0f} GB/s. ")
+                gb = head.get("weight_gbytes_per_s")
+                t["why"] = ((f"at C_out=128 the kernel streams {gb:.0f} GB/s of weights (4 B per addition; the "
+                             f"accumulators of the events at one input position stay in registers while the group "
+                             f"is added) with this layer's {head['weights_mib']:.2f} MiB of weights and "
+                             f"{head['accumulator_mib_per_sample']:.2f} MiB of accumulators in the "
+                             f"{R['meta'].get('caches', 'L2')} caches. ") if gb else "")
                 t["why"] += (f"An (event, kernel row) run of 3 x C_out additions costs {f['c0_ns_per_run']:.2f} ns + "
-                             f"{f['c1_ns_per_add']:.3f} ns per addition (fit over C_out): the fixed part (decoding the "
-                             f"event, the border test, the vector loop's set-up and alias check) dominates at small "
-                             f"C_out, hence " + ", ".join(
+                             f"{f['c1_ns_per_add']:.3f} ns per addition (fit over C_out): the fixed part (decoding and "
+                             f"grouping the events, the border test, loading and storing the accumulators) weighs most "
+                             f"at small C_out: " + ", ".join(
                                  f"{r['gadds_per_s']:.1f} G/s at C_out {r['c_out']}" for r in c["rows"] if r["c_out"] != 128)
-                             + ". The loop compiles to 256-bit vector adds, 4 in flight (LLVM's choice on this CPU).")
+                             + ".")
     out.append(t)
 
     c = C.get("linearity")
@@ -324,10 +325,11 @@ def write_markdown(R: dict, path) -> str:
               "3x3, stride 1, pad 1, float32, all weights non-zero, events in the order the engine emits them (memory "
               "order; channel by channel where the weights exceed the compiler's 1 MiB threshold), random signs, "
               f"{c['rows'][0]['samples']} sample(s) per call (2 for the 2-thread row), the same call repeated. "
-              "G additions/s = synaptic ops counted by the kernel / wall time; GB/s = 12 bytes per addition "
-              "(4-byte weight read, 4-byte accumulator read and write).", "",
+              "G additions/s = synaptic ops counted by the kernel / wall time; weight GB/s = 4 bytes per addition "
+              "(each addition reads one weight; the accumulators of the events at one input position are read and "
+              "written once for the whole group).", "",
               "| C_in -> C_out | map | events | threads | weights MiB | event order | events/sample | additions/call | "
-              "ms/call median [min-max] | G additions/s median [min-max] | GB/s moved | ns per event |",
+              "ms/call median [min-max] | G additions/s median [min-max] | weight GB/s | ns per event |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         rows = list(c["rows"]) + list(c.get("densities", [])) + list(c.get("shapes", [])) \
             + ([c["two_threads"]] if c.get("two_threads") else [])
@@ -336,7 +338,7 @@ def write_markdown(R: dict, path) -> str:
                      f"{r['weights_mib']:.2f} | {r['event_order']} | {r['events_per_sample']:.0f} | "
                      f"{r['syn_ops_per_call'] / 1e6:.2f} M | "
                      f"{fmt_stat(r['seconds'], 3, 1e3)} | {r['gadds_per_s']:.2f} [{r['gadds_per_s_min']:.2f}-{r['gadds_per_s_max']:.2f}] "
-                     f"| {r['gbytes_per_s_moved']:.0f} | {r['ns_per_event']:.1f} |")
+                     f"| {r.get('weight_gbytes_per_s', float('nan')):.0f} | {r['ns_per_event']:.1f} |")
         head = next((r for r in c["rows"] if r["c_out"] == 128 and r.get("huge_page_share")), None)
         if head and None not in head["huge_page_share"].values():
             hp = head["huge_page_share"]
