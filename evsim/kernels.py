@@ -493,8 +493,8 @@ def _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc):
 @njit(**_PARALLEL)
 def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ibuf, i32buf, fbuf,
                 pop_off, pop_size, h_off, pop_code, pop_params, pop_channels, pop_channel_major,
-                x_spikes, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, in_cnt,
-                n_pos, n_neg, syn_ops, events_in, input_events, out_acc, spikes, chunk):
+                x_spikes, bias, current, current_map, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign,
+                in_cnt, n_pos, n_neg, syn_ops, events_in, input_events, out_acc, spikes, chunk):
     """Run a batch through all timesteps of a compiled program (see :mod:`evsim.program`).
 
     ``steps[s] = (kind, index)``: scatter projection ``index`` or fire
@@ -503,7 +503,11 @@ def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ib
     pop_size[i]`` of the flat per-sample vector (the gaps align the next one). ``spikes`` (N, T, n_neurons) is written
     only when ``record``.
 
-    ``v`` starts as a copy of ``drive`` (step 1 from rest: u = 0 + drive).
+    Each sample's ``drive`` is set here, just before the sample runs (so in
+    parallel, and while it is about to be in cache): the biases ``bias``
+    (n_total,) plus the direct-input currents, ``current[n, c:c + m]`` added
+    at state offset ``lo`` for each row ``(lo, c, m)`` of ``current_map``, in
+    order. ``v`` starts as a copy of it (step 1 from rest: u = 0 + drive).
 
     The batch is cut into ``n_groups`` contiguous groups of samples, one
     ``prange`` iteration each (one per thread). A thread runs its group
@@ -522,6 +526,12 @@ def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ib
         for first in range(g_first, g_last, chunk):
             last = min(g_last, first + chunk)
             for n in range(first, last):
+                drive[n, :] = bias
+                for d in range(current_map.shape[0]):
+                    lo = current_map[d, 0]
+                    c0 = current_map[d, 1]
+                    for i in range(current_map[d, 2]):
+                        drive[n, lo + i] += current[n, c0 + i]
                 v[n, :] = drive[n, :]
             for t in range(timesteps):
                 if spike_input:

@@ -42,6 +42,7 @@ class Program:
     pop_channels: np.ndarray
     pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
     state_bytes: int = 0       # state touched per sample and timestep (membranes, drive, events, frames)
+    bias: np.ndarray = None    # (n_total,) every population's folded biases at its offset: a sample's drive before input
     workspaces: dict = field(default_factory=dict)   # batch size -> state arrays reused between batches
 
     def samples_per_pass(self, n_samples: int) -> int:
@@ -163,7 +164,11 @@ def _build(net: CompiledNetwork) -> Program:
     pop_off = np.zeros(len(pops) + 1, dtype=np.int64)
     for i, n in enumerate(sizes):
         pop_off[i + 1] = pop_off[i] + _aligned(n, np.int8)
+    bias = np.zeros(int(pop_off[-1]), dtype=dt)
+    for i, pop in enumerate(pops):
+        bias[pop_off[i]:pop_off[i] + pop.size] = pop.bias
     return Program(
+        bias=bias,
         steps=np.array(steps, dtype=np.int64).reshape(-1, 2),
         desc=desc, scale=scale, ibuf=ib.finish(memory.copy), i32buf=i32.finish(memory.copy), fbuf=fb.finish(memory.copy),
         pop_off=pop_off,
