@@ -1,13 +1,29 @@
 """Vector building blocks for the kernels, written as Numba intrinsics (LLVM IR).
 
-Queueing a population's spikes is a *compress*: keep the non-zero entries of
-a frame, in order. Written as a scalar loop it either branches on every
-neuron (mispredicted on random spikes) or does three stores per neuron; its
-cost then depends on the density and, at firing rates of 10-20 %, exceeds the
-dense neuron update several times. LLVM's ``masked.compressstore`` does 16
-neurons in a few instructions (``vpcompressd``/``vpcompressb`` with
-AVX-512 VBMI2; LLVM expands it into scalar code on CPUs without them, so it
-is correct everywhere and fast where the hardware has it).
+Two jobs where the code LLVM derives from a plain loop is measurably worse
+than what the hardware can do:
+
+* Queueing a population's spikes is a *compress*: keep the non-zero entries
+  of a frame, in order. Written as a scalar loop it either branches on every
+  neuron (mispredicted on random spikes) or does three stores per neuron; its
+  cost then depends on the density and, at firing rates of 10-20 %, exceeds
+  the dense neuron update several times. LLVM's ``masked.compressstore``
+  does 16 neurons in a few instructions (:func:`queue16`).
+* The synaptic runs of the conv scatter are 48-400 contiguous additions
+  (a kernel row's taps over the output channels). Left to the loop
+  vectoriser, each run pays a run-time overlap test and scalar tails
+  (:func:`add_run`); and the events of one input position, which all reach
+  the same runs, would each load and store the same accumulators.
+  :func:`add_runs` holds those accumulators in registers over the whole
+  group of events, in blocks of whole 64-byte vectors with masked ends.
+
+Both use AVX-512 where the CPU has it (``vpcompressd``/``vpcompressb``,
+masked loads and stores); LLVM lowers the same IR to other instructions on
+CPUs without it, correct everywhere but only measured here on AVX-512.
+
+Numba's cache of ``evsim/kernels.py`` is keyed on that file alone: after
+editing this one in a working tree, delete ``evsim/__pycache__`` or the
+kernels keep the old code.
 """
 
 from __future__ import annotations
