@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
-from .simd import LANES, ROWS, add_run, add_runs, queue16
+from .simd import LANES, ROWS, add_event_runs, add_run, add_runs, queue16
 
 _SERIAL = dict(cache=True, nogil=True, fastmath=False, boundscheck=False)
 _PARALLEL = dict(_SERIAL, parallel=True)
@@ -147,10 +147,8 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     row_stride = u(w_out * c_out)
     kernel_row = u(kw * c_out)
     channel = u(kh * kw * c_out)
-    # one group of events (the events of one input position): their weight offsets and signs;
-    # and the output runs they reach, one per kernel row: accumulator and weight offsets
-    group_w = np.empty(c_in, np.uint64)
-    group_sign = np.empty(c_in, np.int8)
+    # the output runs that one group of events (those of one input position) reaches, one per
+    # kernel row: accumulator and weight offsets
     row_a = np.empty(kh, np.uint64)
     row_b = np.empty(kh, np.uint64)
     ops = 0
@@ -158,23 +156,19 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     while e < cnt:
         idx = u(ev_idx[e])
         p = (idx * m_c) >> s_c          # idx // c_in, exact (see divider)
-        # the events that follow at the same input position (its other channels: a
-        # queue in memory order emits them together) reach the same output runs
         first = p * uc_in
-        end = first + uc_in
+        # the events that follow at the same input position (its other channels: a queue in
+        # memory order emits them together) reach the same output runs
+        e0 = e
+        e += 1
+        while e < cnt and u(ev_idx[e]) - first < uc_in:     # unsigned: also false below first
+            e += 1
         y = (p * m_w) >> s_w
         x3 = (p - y * uw_in) * u(3)
         n_taps = cp[x3 + u(1)]
-        g = 0
         if n_taps == 0:                 # a column that reaches no output (stride, border)
-            while e < cnt and u(ev_idx[e]) >= first and u(ev_idx[e]) < end:
-                e += 1
             continue
-        while e < cnt and u(ev_idx[e]) >= first and u(ev_idx[e]) < end:
-            group_w[g] = (u(ev_idx[e]) - first) * channel
-            group_sign[g] = ev_sign[e]
-            g += 1
-            e += 1
+        g = e - e0
         n = u(n_taps) * uc_out
         a_x = u(cp[x3 + u(2)]) * uc_out
         w0 = u(cp[x3]) * uc_out
@@ -187,7 +181,8 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
                 row_b[n_rows] = w0 + u(ky) * kernel_row
                 n_rows += 1
         for r0 in range(0, n_rows, ROWS):      # ROWS kernel rows per pass (all of a 3x3 kernel)
-            add_runs(acc, row_a[r0:], row_w, row_b[r0:], u(min(ROWS, n_rows - r0)), group_w, group_sign, u(g), n)
+            add_event_runs(acc, row_a[r0:], row_w, row_b[r0:], u(min(ROWS, n_rows - r0)), ev_idx, ev_sign, u(e0),
+                           u(g), first, channel, n)
         ops += g * n_rows * n_taps * c_out
     if has_zeros:
         # Zero weights were added but are no synaptic operations. Counting them in a

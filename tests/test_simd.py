@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from evsim.simd import add_run, add_runs
+from evsim.simd import add_event_runs, add_run, add_runs
 
 
 @njit
@@ -72,4 +72,34 @@ def test_add_runs_equals_one_run_per_event_and_row_in_order(dtype, n, n_rows, co
             else:
                 expect[a:a + n] -= w[o:o + n]
     _add_runs(acc, a_rows, w, b_rows, offsets, signs, count, n)
+    np.testing.assert_array_equal(acc, expect)
+
+
+@njit
+def _add_event_runs(acc, a_rows, w, b_rows, ev_idx, ev_sign, e0, count, first, stride, n):
+    add_event_runs(acc, a_rows, w, b_rows, np.uint64(len(a_rows)), ev_idx, ev_sign, np.uint64(e0), np.uint64(count),
+                   np.uint64(first), np.uint64(stride), np.uint64(n))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 3), st.integers(1, 40), st.integers(0, 8),
+       st.integers(0, 2**32 - 1))
+def test_add_event_runs_reads_the_queue_in_place(dtype, n_rows, n, count, seed):
+    """Events e0 .. e0 + count - 1 of a queue: weight offset (idx - first) * stride, sign from the queue."""
+    rng = np.random.default_rng(seed)
+    c_in, stride, first = 9, 7 * n, int(rng.integers(0, 1000)) * 9
+    e0 = int(rng.integers(0, 4))
+    ev_idx = np.concatenate([rng.integers(0, 10**6, e0), first + np.sort(rng.choice(c_in, count, replace=False)),
+                             rng.integers(0, 10**6, 3)]).astype(np.int32)
+    ev_sign = rng.choice(np.array([-1, 1], np.int8), size=ev_idx.size)
+    w = rng.standard_normal(c_in * stride + 50).astype(dtype)
+    b_rows = rng.integers(0, 50, size=n_rows).astype(np.uint64)
+    a_rows = (np.arange(n_rows) * (n + 3)).astype(np.uint64)
+    acc = rng.standard_normal(n_rows * (n + 3) + 5).astype(dtype)
+    expect = acc.copy()
+    for k in range(e0, e0 + count):
+        for q in range(n_rows):
+            a, o = int(a_rows[q]), int(b_rows[q]) + (int(ev_idx[k]) - first) * stride
+            expect[a:a + n] += w[o:o + n] if ev_sign[k] > 0 else -w[o:o + n]
+    _add_event_runs(acc, a_rows, w, b_rows, ev_idx, ev_sign, e0, count, first, stride, n)
     np.testing.assert_array_equal(acc, expect)
