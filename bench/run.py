@@ -16,7 +16,7 @@ met, explanations) and results.json (every repetition) next to it:
 6. start-up of the ``evsim run`` command, cold and warm JIT cache;
 7. 1 -> 2 thread scaling at a large batch.
 
-``--quick`` (under ~2 minutes) uses fewer repetitions and batch sizes; the
+``--quick`` (about 5 minutes on 2 cores) uses fewer repetitions and batch sizes; the
 full run takes under ~10 minutes on 2 cores. ``--cases`` runs a subset.
 """
 
@@ -114,7 +114,7 @@ def jsonable(o):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions and batch sizes (~2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and batch sizes (about 5 minutes on 2 cores)")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown report (results.json goes beside it)")
     ap.add_argument("--json", dest="json_out", help="JSON results (default: results.json beside --out)")
     ap.add_argument("--model-dir", action="append",
