@@ -151,4 +151,13 @@ def render(c: dict, d: Path) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "models/fmnist-resnet8-ternary")
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rebuild a shipped model's folded.h5, samples and model card "
+                                             "from its model.pt (needs the torch extra and Fashion-MNIST).")
+    ap.add_argument("model_dir", nargs="?", default="models/fmnist-resnet8-ternary",
+                    help="directory holding model.pt (default: %(default)s)")
+    a = ap.parse_args()
+    if not (Path(a.model_dir) / "model.pt").is_file():
+        ap.exit(1, f"card.py: error: {a.model_dir}/model.pt: no such checkpoint\n")
+    main(a.model_dir)
