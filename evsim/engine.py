@@ -108,19 +108,29 @@ def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> np.ndarray:
-    """Fill each population's drive, ``drive[i]`` (N, size), with its folded biases plus the
-    direct-input current; return the readout's share of that current."""
-    for d, p in zip(drive, net.populations):
-        d[:] = p.bias
+def _direct_currents(net: CompiledNetwork, x: np.ndarray) -> tuple[np.ndarray, list]:
+    """The direct-input currents of a batch: the readout's share, summed (N, n_outputs), and
+    ``(target population, current (N, size))`` for the others, in projection order."""
     direct_out = np.zeros((x.shape[0], net.n_outputs), dtype=net.dtype)
+    to_populations = []
     for pi in net.direct:
         cp = net.projections[pi]
         cur = _direct_current(net, pi, x)
         if cp.target < 0:
             direct_out += cur
         else:
-            drive[cp.target] += cur
+            to_populations.append((cp.target, cur))
+    return direct_out, to_populations
+
+
+def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> np.ndarray:
+    """Fill each population's drive, ``drive[i]`` (N, size), with its folded biases plus the
+    direct-input current; return the readout's share of that current."""
+    for d, p in zip(drive, net.populations):
+        d[:] = p.bias
+    direct_out, to_populations = _direct_currents(net, x)
+    for target, cur in to_populations:
+        drive[target] += cur
     return direct_out
 
 
@@ -193,17 +203,10 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
     drive, v, frame, ev_idx, ev_sign = ws
     # the direct-input currents; the driver adds them to the biases, sample by sample (on its threads:
     # a batch's drive, filled here in serial NumPy, capped the two-thread speed-up at ~1.8x)
-    direct_out = np.zeros((N, net.n_outputs), dtype=dt)
-    parts, current_map, width = [], [], 0
-    for pi in net.direct:
-        cp = net.projections[pi]
-        cur = _direct_current(net, pi, x)
-        if cp.target < 0:
-            direct_out += cur
-        else:
-            parts.append(cur)
-            current_map.append((prog.pop_off[cp.target], width, cur.shape[1]))
-            width += cur.shape[1]
+    direct_out, to_populations = _direct_currents(net, x)
+    parts = [cur for _, cur in to_populations]
+    offsets = np.cumsum([0] + [cur.shape[1] for cur in parts])
+    current_map = [(prog.pop_off[t], offsets[k], cur.shape[1]) for k, (t, cur) in enumerate(to_populations)]
     current = parts[0] if len(parts) == 1 else (np.concatenate(parts, axis=1) if parts else np.zeros((N, 0), dt))
     current_map = np.array(current_map, dtype=np.int64).reshape(-1, 3)
     h = np.zeros((N, int(prog.h_off[-1])), dtype=dt)
