@@ -124,9 +124,13 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     channels-last accumulator they form one contiguous run of
     ``n_taps * C_out`` floats. ``row_w`` stores each kernel row with its taps
     grouped that way (``evsim.compiler.row_kernel``), so the weights are one
-    contiguous run too: an event costs ``kh`` long vector loops instead of
-    ``kh * kw`` short ones. ``col_plan[x] = (first tap, number of taps, first
-    output column)`` is resolved at compile time (stride, padding, borders);
+    contiguous run too: an event costs ``kh`` long vector runs instead of
+    ``kh * kw`` short ones. The events of one input position (consecutive in
+    a queue in memory order) all reach the same runs, so they go as one group
+    through :func:`evsim.simd.add_event_runs`, which holds the runs'
+    accumulators in registers over the group. ``col_plan[x] = (first tap,
+    number of taps, first output column)`` is resolved at compile time
+    (stride, padding, borders);
     ``row_map[y, ky]`` likewise for rows (-1: outside). ``row_nnz_cum[(ci*kh +
     ky)*(kw+1) + t]`` counts the non-zero weights of the first ``t`` taps of a
     row, so only non-zero weights count as synaptic operations (``has_zeros``:
