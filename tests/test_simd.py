@@ -1,6 +1,7 @@
 """The hand-written vector building blocks of evsim.simd against plain NumPy."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
@@ -103,3 +104,43 @@ def test_add_event_runs_reads_the_queue_in_place(dtype, n_rows, n, count, seed):
             expect[a:a + n] += w[o:o + n] if ev_sign[k] > 0 else -w[o:o + n]
     _add_event_runs(acc, a_rows, w, b_rows, ev_idx, ev_sign, e0, count, first, stride, n)
     np.testing.assert_array_equal(acc, expect)
+
+
+@pytest.mark.parametrize("block_len", [1, 2, 3, 6])
+def test_add_runs_is_exact_at_every_block_length(monkeypatch, block_len):
+    """The block length follows the target's registers (6 with AVX-512, 2 below): every length gives
+    the same result, including runs that end in a partial block."""
+    import evsim.simd as simd
+
+    monkeypatch.setattr(simd, "_target_block", lambda: block_len)
+
+    @njit(cache=False)
+    def fresh(acc, a_rows, w, b_rows, offsets, signs, count, n):      # compiled now, with the patched length
+        simd.add_runs(acc, a_rows, w, b_rows, np.uint64(len(a_rows)), offsets, signs, np.uint64(count), np.uint64(n))
+
+    rng = np.random.default_rng(block_len)
+    for n in (5, 16, 48, 100, 192, 200):
+        w = rng.standard_normal(900).astype(np.float32)
+        offsets = rng.integers(0, 600, size=4).astype(np.uint64)
+        signs = rng.choice(np.array([-1, 1], np.int8), size=4)
+        a_rows = np.array([0, n + 1, 2 * n + 2], np.uint64)
+        b_rows = np.array([0, 7, 40], np.uint64)
+        acc = rng.standard_normal(3 * n + 10).astype(np.float32)
+        expect = acc.copy()
+        for k in range(4):
+            for q in range(3):
+                a, o = int(a_rows[q]), int(b_rows[q]) + int(offsets[k])
+                expect[a:a + n] += w[o:o + n] if signs[k] > 0 else -w[o:o + n]
+        fresh(acc, a_rows, w, b_rows, offsets, signs, 4, n)
+        np.testing.assert_array_equal(acc, expect, err_msg=f"n={n}")
+
+
+def test_block_length_follows_the_target_features(monkeypatch):
+    from numba.core import config
+
+    import evsim.simd as simd
+
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma")
+    assert simd._target_block() == simd.BLOCK_NARROW
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f,+avx512bw")
+    assert simd._target_block() == simd.BLOCK_WIDE
