@@ -144,3 +144,37 @@ def test_block_length_follows_the_target_features(monkeypatch):
     assert simd._target_block() == simd.BLOCK_NARROW
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f,+avx512bw")
     assert simd._target_block() == simd.BLOCK_WIDE
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_queue16_with_and_without_the_compress_instructions(monkeypatch, compress):
+    """Both code paths of queue16 (AVX-512 compress; branch-free stores elsewhere) queue exactly the spikes,
+    in order, contiguous and strided, and count the positive ones."""
+    import evsim.simd as simd
+
+    monkeypatch.setattr(simd, "_target_has", lambda *names: compress)
+
+    @njit(cache=False)
+    def scan(frame, stride, ev_idx, ev_sign):
+        cnt = 0
+        pos = 0
+        for c in range(stride):
+            for b in range(frame.shape[0] // (16 * stride)):
+                r = simd.queue16(frame, b * 16 * stride + c, stride, ev_idx, ev_sign, cnt)
+                cnt = r & 0xFFFFFFFF
+                pos += r >> 32
+        return cnt, pos
+
+    rng = np.random.default_rng(3)
+    for stride in (1, 3):
+        for density in (0.0, 0.1, 0.7, 1.0):
+            frame = (rng.choice(np.array([-1, 1], np.int8), 16 * stride * 5)
+                     * (rng.random(16 * stride * 5) < density)).astype(np.int8)
+            ev_idx = np.full(frame.size, -7, np.int32)
+            ev_sign = np.zeros(frame.size, np.int8)
+            cnt, pos = scan(frame, stride, ev_idx, ev_sign)
+            order = np.concatenate([np.arange(c, frame.size, stride) for c in range(stride)])
+            expect = order[frame[order] != 0]
+            assert cnt == expect.size and pos == int((frame > 0).sum())
+            np.testing.assert_array_equal(ev_idx[:cnt], expect)
+            np.testing.assert_array_equal(ev_sign[:cnt], frame[expect])
