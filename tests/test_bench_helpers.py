@@ -47,3 +47,17 @@ def test_report_renders_from_the_shipped_results(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| synaptic kernel"))
     assert f"{rate:.2f} G/s" in row
     assert row.rstrip(" |").endswith("**met**" if rate >= 15 else "**not met**")
+
+
+def test_throughput_script_times_a_shipped_model_and_refuses_a_bad_directory(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "bench" / "throughput.py"), "--batch", "2", "--reps", "1",
+           "--model-dir", str(root / "models" / "fmnist-resnet8-ternary-sparse")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if "samples/s" in ln]
+    assert lines and all(float(ln.split(": ")[-1].split()[0]) > 0 for ln in lines)
+    bad = subprocess.run(cmd[:-1] + [str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "needs folded.h5" in bad.stderr
