@@ -150,7 +150,7 @@ def _build(net: CompiledNetwork) -> Program:
         elif cp.mode == "identity":
             d[K.D_MODE] = K.MODE_IDENTITY
             scale[j] = cp.scale
-        # "dense" (direct input) projections run once per batch before the driver (engine._set_drive)
+        # "dense" (direct input) projections run once per batch before the driver (engine._direct_currents)
     steps = []
     for i in range(len(net.populations)):
         steps += [(K.STEP_SCATTER, j) for j in net.incoming[i]]

@@ -126,7 +126,7 @@ def queue16(typingctx, frame, start, stride, ev_idx, ev_sign, cnt):
 class _Runs:
     """LLVM pieces shared by the synaptic-run intrinsics: 64-byte vectors of the weights' float type."""
 
-    def __init__(self, context, builder, dtype, n_val):
+    def __init__(self, context, builder, dtype):
         self.b = builder
         self.size = 4 if dtype == types.float32 else 8
         self.lanes = 64 // self.size
@@ -134,35 +134,35 @@ class _Runs:
         self.vptr = self.vt.as_pointer()
         self.int_ty = ir.IntType(self.size * 8)
         self.int_vt = ir.VectorType(self.int_ty, self.lanes)
-        shift = ir.Constant(_i64, self.lanes.bit_length() - 1)
-        self.n_full = builder.lshr(n_val, shift)                    # whole vectors
-        self.done = builder.shl(self.n_full, shift)
-        self.tail = builder.and_(n_val, ir.Constant(_i64, self.lanes - 1))
-        bits = builder.sub(builder.shl(ir.Constant(_i64, 1), self.tail), ir.Constant(_i64, 1))
-        self.mask = builder.bitcast(builder.trunc(bits, ir.IntType(self.lanes)), ir.VectorType(_i1, self.lanes))
+        mask_ty = ir.VectorType(_i1, self.lanes)
         suffix = f"v{self.lanes}f{self.size * 8}.p0"
         mod = builder.module
         self._mload = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(self.vt, [self.vptr, _i32, self.mask.type, self.vt]), f"llvm.masked.load.{suffix}")
+            mod, ir.FunctionType(self.vt, [self.vptr, _i32, mask_ty, self.vt]), f"llvm.masked.load.{suffix}")
         self._mstore = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [self.vt, self.vptr, _i32, self.mask.type]), f"llvm.masked.store.{suffix}")
+            mod, ir.FunctionType(ir.VoidType(), [self.vt, self.vptr, _i32, mask_ty]), f"llvm.masked.store.{suffix}")
         self.align = ir.Constant(_i32, self.size)
+
+    def lane_mask(self, count):
+        """The first ``count`` lanes (an i64, at most ``lanes``) as a vector of i1."""
+        b = self.b
+        bits = b.sub(b.shl(ir.Constant(_i64, 1), count), ir.Constant(_i64, 1))
+        return b.bitcast(b.trunc(bits, ir.IntType(self.lanes)), ir.VectorType(_i1, self.lanes))
 
     def ptr(self, base, offset):
         return self.b.bitcast(self.b.gep(base, [offset]), self.vptr)
 
-    def load(self, p, masked):
-        """``masked``: False (a whole vector), True (the run's tail) or a lane mask."""
-        if masked is False:
+    def load(self, p, mask=None):
+        """A whole vector, or (``mask``) only its masked lanes, the others read as zero."""
+        if mask is None:
             return self.b.load(p, align=self.size)
-        mask = self.mask if masked is True else masked
         return self.b.call(self._mload, [p, self.align, mask, ir.Constant(self.vt, None)])
 
-    def store(self, value, p, masked):
-        if masked is False:
+    def store(self, value, p, mask=None):
+        if mask is None:
             self.b.store(value, p, align=self.size)
         else:
-            self.b.call(self._mstore, [value, p, self.align, self.mask if masked is True else masked])
+            self.b.call(self._mstore, [value, p, self.align, mask])
 
     def flip(self, sign):
         """The sign bit set in every lane for a -1 spike, clear for +1.
@@ -184,12 +184,17 @@ class _Runs:
         b = self.b
         return b.fadd(a, b.bitcast(b.xor(b.bitcast(w, self.int_vt), flip), self.vt))
 
-    def chunks(self, body):
-        """``body(offset, masked)`` for every whole vector of the run, then once, masked, for its tail."""
-        with cgutils.for_range(self.b, self.n_full) as loop:
-            body(self.b.mul(loop.index, ir.Constant(_i64, self.lanes)), False)
-        with self.b.if_then(self.b.icmp_unsigned("!=", self.tail, ir.Constant(_i64, 0))):
-            body(self.done, True)
+    def chunks(self, n_val, body):
+        """``body(offset, mask)`` for every whole vector of a run of ``n_val`` elements (mask None),
+        then once for its tail with the tail's lane mask."""
+        b = self.b
+        shift = ir.Constant(_i64, self.lanes.bit_length() - 1)
+        n_full = b.lshr(n_val, shift)
+        with cgutils.for_range(b, n_full) as loop:
+            body(b.mul(loop.index, ir.Constant(_i64, self.lanes)), None)
+        tail = b.and_(n_val, ir.Constant(_i64, self.lanes - 1))
+        with b.if_then(b.icmp_unsigned("!=", tail, ir.Constant(_i64, 0))):
+            body(b.shl(n_full, shift), self.lane_mask(tail))
 
 
 def _target_has(*names) -> bool:
@@ -244,16 +249,16 @@ def add_run(typingctx, acc, a0, w, b0, n, sign):
     def codegen(context, builder, signature, args):
         aa, a_off, wa, w_off, n_val, sign = args
         aty, _, wty, _, _, _ = signature.args
-        r = _Runs(context, builder, aty.dtype, n_val)
+        r = _Runs(context, builder, aty.dtype)
         pa = builder.gep(context.make_array(aty)(context, builder, value=aa).data, [a_off])
         pw = builder.gep(context.make_array(wty)(context, builder, value=wa).data, [w_off])
         flip = r.flip(sign)
 
-        def body(at, masked):
+        def body(at, mask):
             ap = r.ptr(pa, at)
-            r.store(r.signed_add(r.load(ap, masked), r.load(r.ptr(pw, at), masked), flip), ap, masked)
+            r.store(r.signed_add(r.load(ap, mask), r.load(r.ptr(pw, at), mask), flip), ap, mask)
 
-        r.chunks(body)
+        r.chunks(n_val, body)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -262,7 +267,7 @@ def add_run(typingctx, acc, a0, w, b0, n, sign):
 def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows, count, n_val, event):
     """The code of :func:`add_runs` and :func:`add_event_runs`; ``event(k)`` gives event k's weight offset
     (i64) and sign (i8)."""
-    r = _Runs(context, builder, aty.dtype, n_val)
+    r = _Runs(context, builder, aty.dtype)
     acc_data = context.make_array(aty)(context, builder, value=aa).data
     w_data = context.make_array(wty)(context, builder, value=wa).data
     a_row_data = context.make_array(arty)(context, builder, value=ara).data
@@ -284,13 +289,11 @@ def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows,
 
     def block_with(pas, pws, base, size, masked):
         ats = [builder.add(base, ir.Constant(_i64, i * r.lanes)) for i in range(size)]
-        masks = [False] * size
+        masks = [None] * size
         if masked:
             for i, at in enumerate(ats):
                 left = builder.sub(n_val, builder.select(builder.icmp_unsigned("<", at, n_val), at, n_val))
-                take = builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes)
-                bits = builder.sub(builder.shl(ir.Constant(_i64, 1), take), ir.Constant(_i64, 1))
-                masks[i] = builder.bitcast(builder.trunc(bits, ir.IntType(r.lanes)), ir.VectorType(_i1, r.lanes))
+                masks[i] = r.lane_mask(builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes))
         for row, pa in enumerate(pas):
             for i in range(size):
                 builder.store(r.load(r.ptr(pa, ats[i]), masks[i]), held[row][i])
