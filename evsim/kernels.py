@@ -39,8 +39,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
+from . import jitcache
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
 from .simd import LANES, ROWS, add_event_runs, add_run, add_runs, queue16
+
+jitcache.install()   # before the first @njit(cache=True): kernels cached in the user's cache dir
 
 _SERIAL = dict(cache=True, nogil=True, fastmath=False, boundscheck=False)
 _PARALLEL = dict(_SERIAL, parallel=True)

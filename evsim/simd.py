@@ -21,9 +21,9 @@ Both use AVX-512 where the CPU has it (``vpcompressd``/``vpcompressb``,
 masked loads and stores); LLVM lowers the same IR to other instructions on
 CPUs without it, correct everywhere but only measured here on AVX-512.
 
-Numba's cache of ``evsim/kernels.py`` is keyed on that file alone: after
-editing this one in a working tree, delete ``evsim/__pycache__`` or the
-kernels keep the old code.
+Numba's own staleness check of the kernel cache looks at ``evsim/kernels.py``
+alone; :mod:`evsim.jitcache` keys the cache directory on this file's content
+too, so an edit here compiles afresh.
 """
 
 from __future__ import annotations
