@@ -52,10 +52,10 @@ def main(model_dir: str):
     full32 = evsim("run", "-w", h5, "--dataset", "fashion-mnist", "--dtype", "float32", "--json")
     ver = evsim("verify", "-w", h5, "-c", ckpt, "-i", samples / f"batch{N_SAMPLES}.npy", "--json")
 
-    import torch
-    record = torch.load(ckpt, map_location="cpu", weights_only=False)["record"]
+    from evsim.bridge.checkpoint import load_checkpoint
+    record = load_checkpoint(ckpt)[1]["record"]
     if record["train_config"].get("init") and (d / "init.pt").exists():
-        record = dict(record, init_record=torch.load(d / "init.pt", map_location="cpu", weights_only=False)["record"])
+        record = dict(record, init_record=load_checkpoint(d / "init.pt")[1]["record"])
     card = {"name": d.name, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
             "info": {k: info[k] for k in ("timesteps", "input_shape", "encoding", "neurons", "parameters", "outputs")},
             "training": record, "accuracy_float64": full64["accuracy"], "accuracy_float32": full32["accuracy"],

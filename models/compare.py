@@ -111,7 +111,8 @@ def main():
                     sys.exit(f"{ckpt} was trained with another config; pass --retrain")
             else:
                 model, record = train(cfg, progress=False)
-                save_checkpoint(ckpt, model, record)
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(ckpt, model, record, force=args.retrain)
             train_s = time.perf_counter() - t0
             m = measure(model, record, out / "runs" / f"{tag}.h5", x_test, y_test)
             m.update(variant=variant, neuron=neuron, tmpr=tmpr, seed=seed, train_s=train_s)

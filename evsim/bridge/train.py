@@ -3,8 +3,8 @@
 Settings follow the CTSN authors' code (REFERENCE.md section 2): SGD lr 0.1,
 momentum 0.9, weight decay 1e-4, cosine annealing; the loss is the cross
 entropy of the logits averaged over T, plus the TMPR regulariser when asked.
-Checkpoints hold the model config, the state dict and the training record,
-so :func:`load_checkpoint` rebuilds the exact network.
+Checkpoints (:mod:`evsim.bridge.checkpoint`) hold the model config, the state
+dict and the training record, so ``load_checkpoint`` rebuilds the exact network.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .layers import SpikingNeuron
 from .models import SpikingNet, build_model
 
@@ -66,33 +67,6 @@ def tmpr_loss(membranes: list[list[torch.Tensor]], lam: float) -> torch.Tensor:
     return total / (T * N)
 
 
-def load_checkpoint(path, map_location="cpu") -> tuple[SpikingNet, dict]:
-    """Rebuild the network a checkpoint describes and load its weights."""
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises many kinds here; the user needs one line
-        from ..errors import EvsimError
-        raise EvsimError(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
-    from ..errors import EvsimError
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-        raise EvsimError(f"{path}: not an evsim checkpoint (needs 'config' and 'state_dict')")
-    model = build_model(**ckpt["config"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise EvsimError(f"{path}: weights do not fit the recorded architecture: {str(e).splitlines()[0]}") from None
-    model.eval()
-    return model, ckpt
-
-
-def save_checkpoint(path, model: SpikingNet, record: dict):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": model.config, "state_dict": model.state_dict(), "record": record}, tmp)
-    os.replace(tmp, path)
-
-
 def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_size=256, device="cpu",
              with_rate: bool = False):
     """Test accuracy; with ``with_rate``, also the firing rate over all spiking neurons.
@@ -125,7 +99,10 @@ def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_si
     return (acc, nonzero / total if total else 0.0) if with_rate else acc
 
 
-def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True) -> tuple[SpikingNet, dict]:
+def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True,
+          force: bool = False) -> tuple[SpikingNet, dict]:
+    """Train; after each epoch the checkpoint so far is written to ``out`` (replacing an existing
+    file only with ``force``; the later epochs replace this run's own checkpoint)."""
     from ..datasets import load_dataset
 
     if cfg.threads:
@@ -204,12 +181,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                         "test_acc_torch": acc, "test_firing_rate": rate, "elapsed_s": round(time.time() - t0, 1)})
         click.echo(json.dumps(history[-1]), err=True)
         if out is not None:
-            record = {"train_config": asdict(cfg), "history": history, "torch_version": torch.__version__}
-            save_checkpoint(out, model.cpu(), record)
+            record = {"train_config": asdict(cfg), "history": history, "torch_version": str(torch.__version__)}
+            save_checkpoint(out, model.cpu(), record, force=force or epoch > 0)
             model.to(device)
     for m in neurons:
         m.record_membrane = False
         m.track_rate = False
     model.cpu().eval()
-    record = {"train_config": asdict(cfg), "history": history, "torch_version": torch.__version__}
+    record = {"train_config": asdict(cfg), "history": history, "torch_version": str(torch.__version__)}
     return model, record
