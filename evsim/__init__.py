@@ -9,10 +9,10 @@ imports no PyTorch.
 
 from .compiler import compile_network
 from .engine import run, simulate
-from .errors import EvsimError, FormatError, InputError, NetworkError
+from .errors import EvsimError, FormatError, InputError, LimitError, NetworkError
 from .format import read_network, write_network
 from .graph import Network, Population, Projection
 
 __version__ = "0.1.0"
 __all__ = ["compile_network", "run", "simulate", "read_network", "write_network", "Network", "Population",
-           "Projection", "EvsimError", "FormatError", "InputError", "NetworkError", "__version__"]
+           "Projection", "EvsimError", "FormatError", "InputError", "LimitError", "NetworkError", "__version__"]

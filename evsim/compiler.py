@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from .errors import NetworkError
 from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
+from .limits import Limits
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 CONV_MODES = ("kernel", "explicit")
@@ -58,10 +59,15 @@ class ConvGeometry:
                 one(self.w_in, self.kernel[1], self.stride[1], self.padding[1], self.w_out))
 
     def valid_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """How many output rows (cols) each kernel row (col) offset reaches inside the map."""
+        """How many output rows (cols) each kernel row (col) offset reaches inside the map.
+
+        Offset ``k`` reaches output ``o`` when ``0 <= o * stride - pad + k < n_in``: an interval
+        of ``o``, counted in closed form (O(kernel), not O(kernel x outputs))."""
         def count(k, stride, pad, n_in, n_out):
-            o = np.arange(n_out)[:, None] * stride - pad + np.arange(k)[None, :]
-            return ((o >= 0) & (o < n_in)).sum(0)
+            off = np.arange(k, dtype=np.int64) - pad
+            first = np.maximum(-(off // stride), 0)                 # ceil(-off / stride)
+            last = np.minimum((n_in - 1 - off) // stride, n_out - 1)
+            return np.maximum(last - first + 1, 0)
         return (count(self.kernel[0], self.stride[0], self.padding[0], self.h_in, self.h_out),
                 count(self.kernel[1], self.stride[1], self.padding[1], self.w_in, self.w_out))
 
@@ -220,24 +226,28 @@ def row_kernel(weight: np.ndarray, geom: ConvGeometry, dtype) -> dict:
     """
     c_out, c_in, kh, kw = weight.shape
     s, pad = geom.stride[1], geom.padding[1]
-    order, group_start = [], {}
-    for r in range(s):
-        group_start[r] = len(order)
-        order += list(range(r, kw, s))[::-1]
+    taps = np.arange(kw, dtype=np.int64)
+    order = np.lexsort((-taps, taps % s))                  # by residue r = kx mod s, each group descending
+    group_size = np.bincount(taps % s, minlength=min(s, kw))       # residues >= kw hold no tap
+    group_start = np.concatenate(([0], np.cumsum(group_size)))
     w = weight.transpose(1, 2, 3, 0)[:, :, order, :]                 # [ci, ky, tap, co]
     cum = np.zeros((c_in, kh, kw + 1), dtype=np.int64)
     np.cumsum((w != 0).sum(-1), axis=2, out=cum[:, :, 1:])
+    # Column x (padded: xp) reaches through the m taps of its residue r, stored as kx = r + s*(m-1-i),
+    # output columns q-m+1+i (q = xp // s) for i = 0..m-1: keep the i that land in [0, w_out).
+    xp = np.arange(geom.w_in, dtype=np.int64) + pad
+    r, q = xp % s, xp // s
+    has = r < len(group_size)
+    m = np.where(has, group_size[np.minimum(r, len(group_size) - 1)], 0)
+    first = np.maximum(m - 1 - q, 0)
+    last = np.minimum(m - 1, geom.w_out - 1 - q + m - 1)
+    n = np.maximum(last - first + 1, 0)
+    start = np.where(has, group_start[np.minimum(r, len(group_size) - 1)], 0)
     plan = np.zeros((geom.w_in, 3), dtype=np.int64)
-    for x in range(geom.w_in):
-        xp = x + pad
-        r = xp % s
-        group = list(range(r, kw, s))[::-1]        # taps in storage order; output column rises by 1 along it
-        for i, kx in enumerate(group):
-            ox = (xp - kx) // s
-            if 0 <= ox < geom.w_out:
-                if plan[x, 1] == 0:                    # the first tap that lands inside the map
-                    plan[x, 0], plan[x, 2] = group_start[r] + i, ox
-                plan[x, 1] += 1
+    inside = n > 0
+    plan[inside, 0] = (start + first)[inside]
+    plan[inside, 1] = n[inside]
+    plan[inside, 2] = (q - m + 1 + first)[inside]
     return dict(row_w=np.ascontiguousarray(w.astype(dtype)).reshape(-1), row_nnz_cum=cum.reshape(-1),
                 col_plan=plan, has_zeros=np.array(bool((weight == 0).any())))
 
@@ -268,27 +278,26 @@ def conv_explicit_csr(weight: np.ndarray, geom: ConvGeometry, dtype,
     if mb > limit_mb:
         raise NetworkError(f"explicit CSR of this conv needs {mb:.0f} MB ({nnz} synapses), over the "
                            f"{limit_mb:.0f} MB limit; use the kernel CSR (conv_mode='kernel') or raise the limit")
+    def reach(k, stride, pad, n_in, n_out):
+        """(outputs, inputs) that kernel offset k joins: o * stride - pad + k = i, both inside."""
+        first = max(-((k - pad) // stride), 0)
+        last = min((n_in - 1 - k + pad) // stride, n_out - 1)
+        o = np.arange(first, max(last + 1, first))
+        return o, o * stride - pad + k
+
     rows, cols, vals = [], [], []
-    kh, kw = geom.kernel
-    yi, xi = np.meshgrid(np.arange(geom.h_in), np.arange(geom.w_in), indexing="ij")
-    for ky in range(kh):
-        for kx in range(kw):
-            ny = yi + geom.padding[0] - ky
-            nx = xi + geom.padding[1] - kx
-            oy, ox = ny // geom.stride[0], nx // geom.stride[1]
-            ok = ((ny >= 0) & (nx >= 0) & (oy * geom.stride[0] == ny) & (ox * geom.stride[1] == nx)
-                  & (oy < geom.h_out) & (ox < geom.w_out))
-            if not ok.any():
-                continue
-            p_in = (yi * geom.w_in + xi)[ok]
-            q_out = (oy * geom.w_out + ox)[ok]
-            w = weight[:, :, ky, kx]                       # [co, ci]
-            co, ci = np.nonzero(w)
-            if co.size == 0:
-                continue
-            rows.append((p_in[:, None] * geom.c_in + ci[None, :]).ravel())
-            cols.append((q_out[:, None] * geom.c_out + co[None, :]).ravel())
-            vals.append(np.broadcast_to(w[co, ci][None, :], (p_in.size, co.size)).ravel())
+    for ky, kx in zip(*np.nonzero((weight != 0).any(axis=(0, 1)))):   # taps with a weight, nothing else
+        oy, iy = reach(int(ky), geom.stride[0], geom.padding[0], geom.h_in, geom.h_out)
+        ox, ix = reach(int(kx), geom.stride[1], geom.padding[1], geom.w_in, geom.w_out)
+        if oy.size == 0 or ox.size == 0:
+            continue
+        p_in = (iy[:, None] * geom.w_in + ix[None, :]).ravel()
+        q_out = (oy[:, None] * geom.w_out + ox[None, :]).ravel()
+        w = weight[:, :, ky, kx]                       # [co, ci]
+        co, ci = np.nonzero(w)
+        rows.append((p_in[:, None] * geom.c_in + ci[None, :]).ravel())
+        cols.append((q_out[:, None] * geom.c_out + co[None, :]).ravel())
+        vals.append(np.broadcast_to(w[co, ci][None, :], (p_in.size, co.size)).ravel())
     n_cols = geom.c_out * geom.h_out * geom.w_out
     if rows:
         m = sp.coo_matrix((np.concatenate(vals).astype(dtype), (np.concatenate(rows), np.concatenate(cols))),
@@ -305,15 +314,58 @@ def _csr_arrays(m: sp.csr_matrix, dtype) -> dict:
 
 
 # ------------------------------------------------------------------ compile
+def check_range(network: Network, dtype: str) -> None:
+    """Refuse numbers the run dtype cannot hold, before they turn into inf in the engine.
+
+    A constant or scale beyond the dtype's range is refused, and so is a projection whose
+    largest possible contribution to one neuron in one step (largest |weight| times the
+    fan-in, times the largest |input| of a direct input with an ``input_range``, plus the
+    largest |bias|) is: 1e300 is finite in float64 but inf in float32. The readout sums
+    T steps before its bias, so its weights count T times.
+    """
+    top = float(np.finfo(DTYPES[dtype]).max)
+    for p in network.populations:
+        for k, v in p.params.items():
+            if abs(v) > top:
+                raise NetworkError(f"population {p.name!r}: constant {k} = {v:g} is beyond the range of {dtype} "
+                                   f"(+-{top:.3g})")
+    lo, hi = network.input_range or (1.0, 1.0)
+    for pr in network.projections:
+        where = f"projection {pr.name!r}"
+        if pr.kind == "identity":
+            if abs(pr.scale) > top:
+                raise NetworkError(f"{where}: scale {pr.scale:g} is beyond the range of {dtype} (+-{top:.3g})")
+            continue
+        fan_in = int(np.prod(pr.weight.shape[1:]))
+        largest = float(np.abs(pr.weight).max()) if pr.weight.size else 0.0
+        if pr.source == INPUT and network.encoding == "direct":
+            largest *= max(abs(lo), abs(hi), 1.0)
+        bias = float(np.abs(pr.bias).max()) if pr.bias is not None and pr.bias.size else 0.0
+        bound = largest * fan_in * (network.timesteps if pr.target == READOUT else 1) + bias
+        if bound > top:
+            raise NetworkError(f"{where}: weights up to {largest:g} over a fan-in of {fan_in}"
+                               + (f" and biases up to {bias:g}" if bias else "")
+                               + f" can reach {bound:.3g}, beyond the range of {dtype} (+-{top:.3g}); "
+                                 f"compile for float64 or rescale the weights")
+
+
 def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel",
-                    explicit_limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB) -> CompiledNetwork:
-    """Lower a validated network for the engine, in ``dtype`` ("float32" or "float64")."""
+                    explicit_limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB,
+                    limits: Limits | None = None) -> CompiledNetwork:
+    """Lower a validated network for the engine, in ``dtype`` ("float32" or "float64").
+
+    Numbers the dtype cannot hold are refused (:func:`check_range`), and so is any array this
+    builds from the geometry alone that would exceed the memory budget (``limits``, by default
+    :meth:`evsim.limits.Limits.from_env`).
+    """
     if dtype not in DTYPES:
         raise NetworkError(f"unknown dtype {dtype!r} (use float32 or float64)")
     if conv_mode not in CONV_MODES:
         raise NetworkError(f"unknown conv mode {conv_mode!r} (known: {', '.join(CONV_MODES)})")
     dt = DTYPES[dtype]
+    limits = limits or Limits.from_env()
     network.validate()
+    check_range(network, dtype)
     order = network.topological_order()
     pops = {p.name: p for p in network.populations}
     index = {name: i for i, name in enumerate(order)}
@@ -330,9 +382,10 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
     incoming: list[list[int]] = [[] for _ in order]
     readout_incoming: list[int] = []
     direct: list[int] = []
+    shapes = {INPUT: network.input_shape, **{p.name: p.shape for p in network.populations}}
     for pr in network.projections:
-        src_shape = network.shape_of(pr.source)
-        tgt_shape = None if pr.target == READOUT else network.shape_of(pr.target)
+        src_shape = shapes[pr.source]
+        tgt_shape = None if pr.target == READOUT else shapes[pr.target]
         src = -1 if pr.source == INPUT else index[pr.source]
         tgt = -1 if pr.target == READOUT else index[pr.target]
         cp = CompiledProjection(pr.name, pr.kind, "", src, tgt, scale=pr.scale)
@@ -353,6 +406,9 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
         else:  # conv2d
             geom = conv_geometry(pr, src_shape, tgt_shape)
             cp.geometry = geom
+            limits.check_bytes(f"compiling projection {pr.name!r}: its offset maps "
+                               f"({geom.h_in}x{geom.kernel[0]} + {geom.w_in}x{geom.kernel[1]} int32)",
+                               4 * (geom.h_in * geom.kernel[0] + geom.w_in * geom.kernel[1]))
             cy, cx = geom.valid_counts()
             cp.dense_macs = int((cy[:, None] * cx[None, :]).sum() * geom.c_in * geom.c_out)
             if pr.source == INPUT and network.encoding == "direct":

@@ -19,3 +19,11 @@ class FormatError(EvsimError):
 
 class InputError(EvsimError):
     """An input sample that does not fit the network."""
+
+
+class LimitError(EvsimError):
+    """A file or request that asks for more memory, timesteps or objects than the limits allow.
+
+    The limits (see :mod:`evsim.limits`) are there so that a hostile or corrupted file is refused
+    before evsim allocates or loops; the message says what was asked and how to raise the limit.
+    """

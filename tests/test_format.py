@@ -10,7 +10,7 @@ import pytest
 
 import networks
 from evsim import read_network, write_network
-from evsim.errors import FormatError, NetworkError
+from evsim.errors import EvsimError, FormatError, NetworkError
 from evsim.graph import Network, Population, Projection
 
 
@@ -46,7 +46,7 @@ def assert_same_network(a: Network, b: Network):
 def test_round_trip(tmp_path, make):
     net = make()
     path = write_network(net, tmp_path / "net.h5")
-    assert path.exists() and not (tmp_path / "net.h5.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.h5"]      # no temporary file left
     back = read_network(path)
     assert_same_network(net, back)
 
@@ -71,7 +71,7 @@ def test_round_trip_keeps_order_beyond_ten(tmp_path):
 def test_refuses_to_overwrite(tmp_path):
     path = tmp_path / "net.h5"
     write_network(networks.mlp_net(seed=0), path)
-    with pytest.raises(FormatError, match="already exists .*overwrite=True"):
+    with pytest.raises(EvsimError, match="already exists .*--force"):
         write_network(networks.mlp_net(seed=1), path)
     assert_same_network(networks.mlp_net(seed=0), read_network(path))    # untouched
     write_network(networks.mlp_net(seed=1), path, overwrite=True)
@@ -152,9 +152,10 @@ BAD = {
     "unknown_kind": (_set("projections/fc", "kind", "maxpool"), NetworkError, r"unknown kind 'maxpool'"),
     "zero_stride": (_set("projections/b1.conv1", "stride", [0, 1]), NetworkError, r"invalid stride \(0, 1\)"),
     "negative_threshold": (_set("populations/stem", "v_threshold", -1.0), NetworkError, r"v_threshold must be > 0"),
-    "index_not_int": (_set("projections/fc", "index", "first"), FormatError, r"malformed evsim network"),
+    "index_not_int": (_set("projections/fc", "index", "first"), FormatError,
+                      r"/projections/fc: attribute 'index' must be an integer, got text 'first'"),
     "weight_not_numeric": (lambda f: _replace(f, "projections/fc/weight", "abc"), FormatError,
-                           r"malformed evsim network"),
+                           r"/projections/fc/weight has an HDF5 string .* type; weights and biases are real numbers"),
 }
 
 
