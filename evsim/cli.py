@@ -2,7 +2,7 @@
 
 Commands: ``run`` (simulate a folded network on samples or a dataset),
 ``info`` (describe a file), and, with the ``torch`` extra installed,
-``train``, ``export`` and ``verify``. Any :class:`~evsim.errors.EvsimError`
+``train``, ``export``, ``verify`` and ``convert-checkpoint``. Any :class:`~evsim.errors.EvsimError`
 becomes one line on stderr and exit code 1; ``--json`` prints one JSON
 document on stdout.
 """
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
-from pathlib import Path
+import tokenize
+import warnings
 
 import click
 import numpy as np
@@ -32,8 +34,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except EvsimError as e:
             raise click.ClickException(str(e)) from None
-        except MemoryError:
-            raise click.ClickException("out of memory: use a smaller --batch-size") from None
+        except MemoryError as e:            # NumPy names the allocation: "Unable to allocate 3.2 GiB for ..."
+            detail = str(e).strip().splitlines()
+            raise click.ClickException("out of memory" + (f": {detail[0]}" if detail else "")) from None
     return wrapper
 
 
@@ -45,23 +48,53 @@ def need_torch():
 
 
 def load_array(path: str, what: str = "input") -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} file {path}: no such file")
-    try:
-        with open(p, "rb") as f:
+    """Read a .npy array from an untrusted file: a regular file whose header is checked before its data.
+
+    Special files (a FIFO would block), object, complex, structured and text dtypes, and arrays
+    over the memory budget (EVSIM_MAX_BYTES) are refused in one line before anything is allocated.
+    """
+    from .files import open_regular
+    from .limits import Limits
+
+    with open_regular(path, f"{what} file") as f:
+        try:
             magic = f.read(6)
-    except OSError as e:
-        raise InputError(f"{what} file {path}: cannot read ({e.strerror})") from None
-    if magic != b"\x93NUMPY":
-        hint = " (a .npz archive: save the array itself with numpy.save)" if magic[:2] == b"PK" else ""
-        raise InputError(f"{what} file {path}: not a .npy file{hint}")
-    try:
-        a = np.load(p, allow_pickle=False)
-    except ValueError as e:
-        raise InputError(f"{what} file {path}: cannot read as a .npy array ({str(e).splitlines()[0]})") from None
-    except (OSError, EOFError):
-        raise InputError(f"{what} file {path}: not a .npy file") from None
+            f.seek(0)
+            version = np.lib.format.read_magic(f) if magic == b"\x93NUMPY" else None
+            if version not in ((1, 0), (2, 0), None):
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+            if version is not None:
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                with warnings.catch_warnings():        # the header is untrusted text: "\e" in it is no news
+                    warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+                    shape, _, dtype = read_header(f)
+                data_at = f.tell()
+        except (ValueError, SyntaxError, tokenize.TokenError) as e:     # NumPy's header parser raises all three
+            detail = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{what} file {path}: cannot read as a .npy array ({detail})") from None
+        except (OSError, EOFError):
+            raise InputError(f"{what} file {path}: not a .npy file") from None
+        if version is None:
+            hint = " (a .npz archive: save the array itself with numpy.save)" if magic[:2] == b"PK" else ""
+            raise InputError(f"{what} file {path}: not a .npy file{hint}")
+        if dtype.hasobject:
+            raise InputError(f"{what} file {path}: cannot read as a .npy array (Object arrays cannot be loaded: "
+                             f"they hold Python objects, not numbers)")
+        if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            raise InputError(f"{what} file {path}: {what} dtype {dtype.str} is not numeric (real numbers only)")
+        nbytes = math.prod(shape) * dtype.itemsize
+        Limits.from_env().check_bytes(f"{what} file {path}: an array of shape {shape} ({dtype})", nbytes)
+        held = os.fstat(f.fileno()).st_size - data_at
+        if held < nbytes:
+            raise InputError(f"{what} file {path}: cannot read as a .npy array (truncated: the header declares "
+                             f"{nbytes} bytes of data, the file holds {held})")
+        try:
+            f.seek(0)
+            a = np.lib.format.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            detail = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{what} file {path}: cannot read as a .npy array ({detail})") from None
     if a.ndim == 0 and what == "input":
         raise InputError(f"{what} file {path}: holds a single value, not an array of samples")
     return a
@@ -255,7 +288,7 @@ def info(weights, as_json):
               help="Weight of the mean firing rate in the loss: sparser spikes, fewer operations (0 = off).")
 @click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm to this value.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+@click.option("--init", type=click.Path(dir_okay=False),
               help="Start from this checkpoint's weights (fine-tuning, e.g. with --rate-reg); same architecture.")
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training images.")
 @click.option("--test-limit", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")
@@ -267,13 +300,13 @@ def info(weights, as_json):
 def train(out, force, **kw):
     """Train a spiking network on Fashion-MNIST (needs the torch extra)."""
     need_torch()
-    if Path(out).exists() and not force:
-        raise EvsimError(f"{out} already exists (pass --force to replace it)")
+    from .files import check_writable_target
+    check_writable_target(out, force, "checkpoint")     # before training, not after it
     from .bridge.train import TrainConfig, save_checkpoint, train as train_fn
     cfg = TrainConfig(**kw)
-    model, record = train_fn(cfg, out=out)
+    model, record = train_fn(cfg, out=out, force=force)
     record["command"] = " ".join(["evsim"] + sys.argv[1:])
-    save_checkpoint(out, model, record)
+    save_checkpoint(out, model, record, force=True)      # this run's own checkpoint, written after each epoch
     click.echo(f"wrote {out}: test accuracy (PyTorch) {record['history'][-1]['test_acc_torch'] * 100:.2f}%")
 
 
@@ -285,10 +318,12 @@ def train(out, force, **kw):
 def export(checkpoint, out, force):
     """Fold BatchNorm, amplitudes and pooling into the weights and write HDF5 (needs torch)."""
     need_torch()
+    from .bridge.checkpoint import load_checkpoint
     from .bridge.fold import fold_model
-    from .bridge.train import load_checkpoint
-    from .format import write_network
     from .datasets import DATASET_INFO
+    from .files import check_writable_target
+    from .format import write_network
+    check_writable_target(out, force)
     model, ckpt = load_checkpoint(checkpoint)
     record = ckpt.get("record", {})
     meta = DATASET_INFO.get(record.get("train_config", {}).get("dataset"), {})
@@ -309,7 +344,7 @@ def export(checkpoint, out, force):
 def verify(weights, checkpoint, input_path, batch_size, as_json):
     """Check that the engine reproduces the PyTorch model spike for spike (needs torch)."""
     need_torch()
-    from .bridge.train import load_checkpoint
+    from .bridge.checkpoint import load_checkpoint
     from .bridge.verify import format_verification, verify as verify_fn
     from .format import read_network
     network = read_network(weights)
@@ -322,6 +357,29 @@ def verify(weights, checkpoint, input_path, batch_size, as_json):
         click.echo(format_verification(result))
     if not result["passed"]:
         sys.exit(1)
+
+
+@main.command("convert-checkpoint")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Converted checkpoint to write (.pt).")
+@click.option("--trust", is_flag=True,
+              help="Required: converting unpickles CHECKPOINT, which runs any code it holds. Give it only for a "
+                   "file you made or trust.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@user_errors
+def convert_checkpoint(checkpoint, out, trust, force):
+    """Rewrite a checkpoint of an older evsim as plain data, loadable without unpickling code (one time).
+
+    Every other command loads checkpoints with PyTorch's weights-only loader, which runs no pickle code and
+    refuses these older files.
+    """
+    need_torch()
+    if not trust:
+        raise click.UsageError("converting unpickles the checkpoint, which can run code it holds: pass --trust "
+                               "only for a file you made or trust")
+    from .bridge.checkpoint import convert_checkpoint as convert
+    convert(checkpoint, out, trust=True, force=force)
+    click.echo(f"wrote {out}: loads with weights_only=True")
 
 
 if __name__ == "__main__":  # pragma: no cover
