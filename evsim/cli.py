@@ -133,16 +133,24 @@ def main():
               help="Weight-shared conv kernels (whole kernel rows, or taps for mostly empty kernels), "
                    "or an explicit per-neuron CSR (memory-guarded).")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for the engine (default: all cores).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+@click.option("--first-layer-macs", "mac_basis", type=click.Choice(["nonzero", "all"]), default="nonzero",
+              show_default=True,
+              help="MACs of a direct-encoded input: each non-zero input value once (an event processor), "
+                   "or every input position (a dense first layer). Both are in --json.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document instead of tables (with every sample's raw outputs).")
+@click.option("--per-sample", is_flag=True, help="With --json: every counter of every sample, not only means.")
 @user_errors
 def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, energy_model, conv_mode, threads,
-        as_json):
+        mac_basis, as_json, per_sample):
     """Simulate a folded network event by event and report what the hardware did."""
     from .compiler import compile_network
     from .format import read_network
-    from .reports import build_report, energy_model as get_energy_model, format_report
+    from .reports import build_report, energy_model as get_energy_model, format_report, per_sample as sample_rows
 
     get_energy_model(energy_model)
+    if per_sample and not as_json:
+        raise click.UsageError("--per-sample goes with --json")
     if (input_path is None) == (dataset is None):
         raise EvsimError("give exactly one of --input or --dataset")
     if threads:
@@ -176,15 +184,16 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
     t0 = time.perf_counter()
     result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty())
     t_run = time.perf_counter() - t0
-    report = build_report(net, result, energy_model)
+    report = build_report(net, result, energy_model, mac_basis)
 
     names = g.class_names or [str(i) for i in range(net.n_outputs)]
     k = min(top_k, net.n_outputs)
     order = np.argsort(-result.outputs, axis=1, kind="stable")[:, :k]
     preds = [[{"class": int(c), "name": names[c], "score": float(result.outputs[i, c])} for c in order[i]]
              for i in range(len(x))]
-    doc = {"weights": str(weights), "samples": len(x), "dtype": dtype,
-           "predictions": [p[0]["class"] for p in preds], "top_k": preds}
+    doc = {"weights": str(weights), "samples": len(x), "dtype": dtype, "class_names": names,
+           "predictions": [p[0]["class"] for p in preds], "top_k": preds,
+           "outputs": [[float(v) for v in row] for row in result.outputs]}
     if y is not None:
         doc["accuracy"] = float((result.predictions == y).mean())
         doc["correct"] = int((result.predictions == y).sum())
@@ -192,6 +201,8 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
     doc["timing"] = {"compile_s": t_compile, "simulate_s": t_run, "samples_per_s": len(x) / t_run if t_run else None,
                      "compiled_bytes": net.nbytes}
     if as_json:
+        if per_sample:
+            doc["per_sample"] = sample_rows(net, result, mac_basis)
         click.echo(json.dumps(doc, indent=2))
         return
     if len(x) == 1:

@@ -88,7 +88,10 @@ class CompiledProjection:
     scale: float = 1.0
     geometry: ConvGeometry | None = None
     dense_macs: int = 0     # multiply-accumulates if run densely (ANN) once
-    direct_macs: int = 0    # MACs this projection costs per sample under direct encoding
+    direct_macs: int = 0    # MACs this projection costs per sample under direct encoding, all input positions
+    # direct input only: the MACs one non-zero input value costs (non-zero synapses it reaches inside
+    # the target), per input neuron in PyTorch order; the MACs of an event processor, which skips zeros
+    input_reach: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -265,6 +268,20 @@ def conv_explicit_nnz(weight: np.ndarray, geom: ConvGeometry) -> int:
     return int((nnz_tap * cy[:, None] * cx[None, :]).sum())
 
 
+def conv_input_reach(weight: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """Non-zero synapses an input neuron (ci, y, x) reaches inside the output map, int64 (C_in, H, W).
+
+    Offset (ky, kx) joins input row y to output row o when ``o * stride - pad + ky = y`` with o inside
+    the map; the count is a sum over offsets of the non-zero (co) weights, in O(kernel x map)."""
+    def joins(k, stride, pad, n_in, n_out):
+        i = np.arange(n_in)[None, :] + pad - np.arange(k)[:, None]          # [offset, input] -> o * stride
+        return ((i >= 0) & (i % stride == 0) & (i // stride < n_out)).astype(np.int64)
+    ry = joins(geom.kernel[0], geom.stride[0], geom.padding[0], geom.h_in, geom.h_out)
+    rx = joins(geom.kernel[1], geom.stride[1], geom.padding[1], geom.w_in, geom.w_out)
+    nz = (weight != 0).sum(axis=0).astype(np.int64)                          # [ci, ky, kx] over co
+    return np.einsum("ckl,ky,lx->cyx", nz, ry, rx)
+
+
 def conv_explicit_csr(weight: np.ndarray, geom: ConvGeometry, dtype,
                       limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB) -> sp.csr_matrix:
     """Per-neuron CSR of a conv: row = input neuron (channels-last), col = output neuron.
@@ -400,6 +417,7 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
                 w = linear_weight_cl(pr.weight, src_shape, tgt_shape)
                 cp.arrays["weight_t"] = np.ascontiguousarray(w.T.astype(dt))   # (n_src_cl, n_tgt_cl)
                 cp.direct_macs = int(np.count_nonzero(pr.weight))
+                cp.input_reach = np.count_nonzero(pr.weight, axis=0).astype(np.int64)
             else:
                 cp.mode = "csr"
                 cp.arrays.update(_csr_arrays(linear_csr(pr.weight, src_shape, tgt_shape, dt), dt))
@@ -417,6 +435,7 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
                 cp.arrays["weight_t"] = np.ascontiguousarray(
                     pr.weight.transpose(2, 3, 1, 0).reshape(-1, geom.c_out).astype(dt))
                 cp.direct_macs = conv_explicit_nnz(pr.weight, geom)
+                cp.input_reach = conv_input_reach(pr.weight, geom).reshape(-1)
             elif conv_mode == "explicit":
                 cp.mode = "csr"
                 cp.arrays.update(_csr_arrays(conv_explicit_csr(pr.weight, geom, dt, explicit_limit_mb), dt))

@@ -38,7 +38,8 @@ class Counters:
     spikes_neg: dict[str, np.ndarray] = field(default_factory=dict)
     events_in: dict[str, np.ndarray] = field(default_factory=dict)    # per projection
     synaptic_ops: dict[str, np.ndarray] = field(default_factory=dict)  # AC: additions/subtractions
-    macs: dict[str, np.ndarray] = field(default_factory=dict)          # MAC (direct input, once)
+    macs: dict[str, np.ndarray] = field(default_factory=dict)          # MAC (direct input, once): all positions
+    macs_nonzero: dict[str, np.ndarray] = field(default_factory=dict)  # the same, non-zero input values only
     input_events: np.ndarray | None = None
 
 
@@ -134,8 +135,10 @@ def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> 
     return direct_out
 
 
-def _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes):
+def _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes):
     T = net.network.timesteps
+    N = x.shape[0]
+    nonzero = None
     dt = net.dtype
     outputs = out_acc / dt.type(T) + net.readout_bias + direct_out
     counters = Counters(input_events=input_events)
@@ -146,6 +149,12 @@ def _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input
         counters.events_in[cp.name] = events_in[pi]
         counters.synaptic_ops[cp.name] = syn_ops[pi]
         counters.macs[cp.name] = np.full(N, cp.direct_macs, dtype=np.int64)
+        if cp.input_reach is None:
+            counters.macs_nonzero[cp.name] = np.zeros(N, dtype=np.int64)
+        else:
+            if nonzero is None:
+                nonzero = (x.reshape(N, -1) != 0).astype(np.int64)
+            counters.macs_nonzero[cp.name] = nonzero @ cp.input_reach
     if spikes is not None:
         spikes = {p.name: from_channels_last(s, p.shape) for p, s in zip(net.populations, spikes)}
     return SimulationResult(outputs=outputs, counters=counters, timesteps=T, spikes=spikes)
@@ -241,7 +250,7 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
     if record:
         off = prog.pop_off
         spikes = [rec[:, :, off[i]:off[i] + prog.pop_size[i]].transpose(1, 0, 2) for i in range(P)]
-    return _result(net, N, out_acc, direct_out, list(n_pos.T), list(n_neg.T), list(events_in.T), list(syn_ops.T),
+    return _result(net, x, out_acc, direct_out, list(n_pos.T), list(n_neg.T), list(events_in.T), list(syn_ops.T),
                    input_events, spikes)
 
 
@@ -316,7 +325,7 @@ def _simulate_stepwise(net: CompiledNetwork, x: np.ndarray, record: bool) -> Sim
                 K.events_to_dense(ev_idx[i], ev_sign[i], ev_cnt[i], spikes[i][t])
         for pi in net.readout_incoming:
             scatter(pi, out_acc)
-    return _result(net, N, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes)
+    return _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes)
 
 
 def merge_results(parts: list[SimulationResult]) -> SimulationResult:
@@ -325,7 +334,7 @@ def merge_results(parts: list[SimulationResult]) -> SimulationResult:
     if len(parts) == 1:
         return first
     c = Counters(input_events=np.concatenate([p.counters.input_events for p in parts]))
-    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops", "macs"):
+    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops", "macs", "macs_nonzero"):
         getattr(c, attr).update({k: np.concatenate([getattr(p.counters, attr)[k] for p in parts])
                                  for k in getattr(first.counters, attr)})
     spikes = None

@@ -267,7 +267,11 @@ def csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc):
 
 @njit(**_SERIAL)
 def identity(ev_idx, ev_sign, cnt, scale, acc):
-    """Residual shortcut: each event adds +-scale to the same index in the target."""
+    """Residual shortcut: each event adds +-scale to the same index in the target.
+
+    A shortcut of scale 0 adds nothing, so it performs (and counts) no operation."""
+    if scale == 0:
+        return 0
     for e in range(cnt):
         if ev_sign[e] > 0:
             acc[ev_idx[e]] += scale

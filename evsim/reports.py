@@ -3,7 +3,8 @@
 Everything here is derived from the engine's measured counters
 (:class:`evsim.engine.Counters`); nothing is estimated from firing-rate
 formulas. Energy models name their source. Per-sample figures are means
-over the samples run.
+over the samples run; :func:`per_sample` gives every counter of every
+sample. How each counter is computed: docs/COUNTING.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ ENERGY_MODELS = {
     )
 }
 DEFAULT_ENERGY_MODEL = "45nm-fp32"
+
+# Which MACs of a direct-encoded input count: "nonzero" (each non-zero input value once, with the
+# non-zero synapses it reaches: what an event processor fed the image does, and NeuroBench's
+# "effective" MACs) or "all" (every input position, as a dense first layer computes it).
+MAC_BASES = ("nonzero", "all")
+DEFAULT_MAC_BASIS = "nonzero"
 
 
 def energy_model(name: str) -> EnergyModel:
@@ -66,7 +73,9 @@ class ProjectionStats:
     target: str
     events_in: float       # per sample
     synaptic_ops: float    # AC per sample: additions/subtractions actually performed
-    macs: float            # MAC per sample (direct-encoded input, computed once per sample)
+    macs: float            # MAC per sample (direct-encoded input, computed once per sample), on the report's basis
+    macs_nonzero_input: float   # MAC per sample, non-zero input values only
+    macs_all_positions: float   # MAC per sample, every input position
     dense_macs: int        # MACs of the same projection run once as an ANN
 
 
@@ -79,16 +88,25 @@ class Report:
     projections: list[ProjectionStats]
     totals: dict
     energy: dict
+    mac_basis: str = DEFAULT_MAC_BASIS
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "timesteps": self.timesteps, "dtype": self.dtype,
+        return {"samples": self.samples, "timesteps": self.timesteps, "dtype": self.dtype, "mac_basis": self.mac_basis,
                 "populations": [asdict(p) for p in self.populations],
                 "projections": [asdict(p) for p in self.projections],
                 "totals": self.totals, "energy": self.energy}
 
 
-def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = DEFAULT_ENERGY_MODEL) -> Report:
+def _check_basis(mac_basis: str) -> None:
+    if mac_basis not in MAC_BASES:
+        from .errors import EvsimError
+        raise EvsimError(f"unknown MAC basis {mac_basis!r} (known: {', '.join(MAC_BASES)})")
+
+
+def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = DEFAULT_ENERGY_MODEL,
+                 mac_basis: str = DEFAULT_MAC_BASIS) -> Report:
     em = energy_model(energy)
+    _check_basis(mac_basis)
     c = result.counters
     T = result.timesteps
     N = len(result.outputs)
@@ -104,17 +122,19 @@ def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = D
     names = {i: p.name for i, p in enumerate(net.populations)}
     projs = []
     for cp in net.projections:
+        nonzero = float(c.macs_nonzero[cp.name].sum()) / N
+        every = float(c.macs[cp.name].sum()) / N
         projs.append(ProjectionStats(
             cp.name, cp.kind, names.get(cp.source, "input"), names.get(cp.target, "readout"),
             float(c.events_in[cp.name].sum()) / N, float(c.synaptic_ops[cp.name].sum()) / N,
-            float(c.macs[cp.name].sum()) / N, cp.dense_macs))
+            nonzero if mac_basis == "nonzero" else every, nonzero, every, cp.dense_macs))
     ac = sum(p.synaptic_ops for p in projs)
     mac = sum(p.macs for p in projs)
     spikes = sum(p.spikes_pos + p.spikes_neg for p in pops)
     neurons = sum(p.neurons for p in pops)
     ann_mac = sum(p.dense_macs for p in projs)
-    # an ANN's residual additions: one per target neuron of each identity projection
-    ann_add = sum(net.populations[cp.target].size for cp in net.projections if cp.mode == "identity")
+    # an ANN's residual additions: one per target neuron of each identity projection (none at scale 0)
+    ann_add = sum(net.populations[cp.target].size for cp in net.projections if cp.mode == "identity" and cp.scale != 0)
     totals = {
         "spikes": spikes,
         "spikes_pos": sum(p.spikes_pos for p in pops),
@@ -123,6 +143,8 @@ def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = D
         "firing_rate": spikes / (neurons * T) if neurons else 0.0,
         "synaptic_ops": ac,
         "macs": mac,
+        "macs_nonzero_input": sum(p.macs_nonzero_input for p in projs),
+        "macs_all_positions": sum(p.macs_all_positions for p in projs),
         "neuron_updates": sum(p.neuron_updates for p in pops),
         "update_mults": sum(p.update_mults for p in pops),
         "update_adds": sum(p.update_adds for p in pops),
@@ -138,7 +160,38 @@ def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = D
         "ratio_ann_over_snn": ann_pj / snn_pj if snn_pj else float("inf"),
         "note": "synaptic path only (AC x E_AC + MAC x E_MAC), per sample; neuron updates counted apart",
     }
-    return Report(N, T, str(net.dtype), pops, projs, totals, energy_d)
+    return Report(N, T, str(net.dtype), pops, projs, totals, energy_d, mac_basis)
+
+
+def per_sample(net: CompiledNetwork, result: SimulationResult, mac_basis: str = DEFAULT_MAC_BASIS) -> list[dict]:
+    """Every counter of every sample, as measured (integers), with the sample's raw outputs.
+
+    The report's per-sample figures are the means of these over the samples."""
+    _check_basis(mac_basis)
+    c = result.counters
+    names = {i: p.name for i, p in enumerate(net.populations)}
+    ann_add = sum(net.populations[cp.target].size for cp in net.projections if cp.mode == "identity" and cp.scale != 0)
+    rows = []
+    for i in range(len(result.outputs)):
+        pops = [{"name": p.name, "spikes_pos": int(c.spikes_pos[p.name][i]), "spikes_neg": int(c.spikes_neg[p.name][i])}
+                for p in net.populations]
+        projs = []
+        for cp in net.projections:
+            nonzero, every = int(c.macs_nonzero[cp.name][i]), int(c.macs[cp.name][i])
+            projs.append({"name": cp.name, "source": names.get(cp.source, "input"),
+                          "target": names.get(cp.target, "readout"),
+                          "events_in": int(c.events_in[cp.name][i]), "synaptic_ops": int(c.synaptic_ops[cp.name][i]),
+                          "macs": nonzero if mac_basis == "nonzero" else every,
+                          "macs_nonzero_input": nonzero, "macs_all_positions": every})
+        spikes = sum(p["spikes_pos"] + p["spikes_neg"] for p in pops)
+        rows.append({
+            "sample": i, "outputs": [float(v) for v in result.outputs[i]], "prediction": int(result.outputs[i].argmax()),
+            "populations": pops, "projections": projs,
+            "totals": {"spikes": spikes, "synaptic_ops": sum(p["synaptic_ops"] for p in projs),
+                       "macs": sum(p["macs"] for p in projs),
+                       "input_events": int(c.input_events[i]) if c.input_events is not None else 0,
+                       "ann_macs": sum(cp.dense_macs for cp in net.projections), "ann_adds": ann_add}})
+    return rows
 
 
 # ------------------------------------------------------------------ text form
@@ -174,8 +227,11 @@ def format_report(report: Report) -> str:
     out.append(f"per sample (mean of {report.samples}, T={report.timesteps}, {report.dtype}): "
                f"{_fmt(t['spikes'])} spikes ({_fmt(t['spikes_pos'])} +1, {_fmt(t['spikes_neg'])} -1), "
                f"firing rate {100 * t['firing_rate']:.2f}%")
-    out.append(f"  synaptic ops: {_fmt(t['synaptic_ops'])} AC + {_fmt(t['macs'])} MAC "
-               f"(ANN of the same network: {_fmt(t['ann_macs'])} MAC)")
+    other = "all input positions" if report.mac_basis == "nonzero" else "non-zero inputs only"
+    other_macs = t["macs_all_positions"] if report.mac_basis == "nonzero" else t["macs_nonzero_input"]
+    basis = "non-zero inputs" if report.mac_basis == "nonzero" else "all input positions"
+    out.append(f"  synaptic ops: {_fmt(t['synaptic_ops'])} AC + {_fmt(t['macs'])} MAC on {basis} "
+               f"({_fmt(other_macs)} MAC on {other}; ANN of the same network: {_fmt(t['ann_macs'])} MAC)")
     out.append(f"  neuron updates: {_fmt(t['neuron_updates'])} ({_fmt(t['update_mults'])} mult, "
                f"{_fmt(t['update_adds'])} add by per-layer constants)")
     out.append(f"  energy [{e['model']}]: SNN {e['snn_uj']:.4f} uJ vs ANN {e['ann_uj']:.4f} uJ "

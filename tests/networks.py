@@ -83,8 +83,10 @@ def mlp_net(seed=0, model="ternary_lif", timesteps=3, encoding="direct", n_in=12
 
 def random_input(net: Network, n: int, seed=1, density=0.3):
     rng = np.random.default_rng(seed)
-    if net.encoding == "direct":
-        return rng.uniform(0, 1, size=(n,) + tuple(net.input_shape))
+    if net.encoding == "direct":     # like an image: real values on a background of zeros
+        x = rng.uniform(0, 1, size=(n,) + tuple(net.input_shape))
+        x[rng.random(x.shape) < 0.4] = 0.0
+        return x
     shape = (n, net.timesteps) + tuple(net.input_shape)
     s = (rng.random(shape) < density).astype(np.int8)
     return s * np.where(rng.random(shape) < 0.5, -1, 1).astype(np.int8)

@@ -66,8 +66,8 @@ def apply(pr, x):
 
 def reach(pr, shape):
     """Synaptic operations each source neuron's event costs through ``pr`` (source shape)."""
-    if pr.kind == "identity":
-        return np.ones(shape, dtype=np.int64)
+    if pr.kind == "identity":     # one addition per event; a scale of 0 adds nothing
+        return np.full(shape, int(pr.scale != 0), dtype=np.int64)
     if pr.kind == "linear":
         return (pr.weight != 0).sum(0).reshape(shape)
     return conv_reach(shape, pr.weight, pr.stride, pr.padding)

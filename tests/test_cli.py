@@ -99,7 +99,12 @@ def test_run_json_counts_equal_reference(data, conv_mode):
     for name, ops in ref_ops.items():
         assert projs[name]["synaptic_ops"] == pytest.approx(float(ops.sum()) / N, abs=1e-12)
     stem = data["net"].projections[0]
-    assert projs["stem.conv"]["macs"] == reference.reach(stem, (2, 8, 8)).sum()     # direct input: MAC once
+    reach = reference.reach(stem, (2, 8, 8))
+    assert projs["stem.conv"]["macs_all_positions"] == reach.sum()     # direct input: MAC once
+    nonzero = ((data["xs"] != 0) * reach).reshape(N, -1).sum(1)         # the default: non-zero inputs only
+    assert projs["stem.conv"]["macs_nonzero_input"] == pytest.approx(nonzero.mean(), abs=1e-9)
+    assert doc["mac_basis"] == "nonzero" and projs["stem.conv"]["macs"] == projs["stem.conv"]["macs_nonzero_input"]
+    np.testing.assert_allclose(doc["outputs"], ref_out, rtol=0, atol=1e-12)    # raw outputs, every sample
     assert doc["totals"]["synaptic_ops"] == pytest.approx(sum(float(o.sum()) for o in ref_ops.values()) / N)
     assert doc["totals"]["synaptic_ops"] > 0 and doc["totals"]["spikes_neg"] > 0
     assert doc["energy"]["model"] == "45nm-int8"

@@ -67,9 +67,14 @@ def test_engine_matches_reference(monkeypatch, model, encoding, net_name, conv_m
         np.testing.assert_array_equal(r.counters.input_events, 0)
     for pr in net.projections:
         dense = pr.source == INPUT and encoding == "direct"
+        expected_nonzero = 0
         if dense:
             expected_events = np.zeros(len(x), dtype=np.int64)
-            expected_macs = int(reference.reach(pr, net.input_shape).sum())
+            reach = reference.reach(pr, net.input_shape)
+            expected_macs = int(reach.sum())
+            # an event processor's MACs: each non-zero input value, with the synapses it reaches
+            expected_nonzero = ((x != 0) * reach).reshape(len(x), -1).sum(1)
+            assert (expected_nonzero < expected_macs).any(), "no zero pixel: the two MAC counts would not differ"
         elif pr.source == INPUT:
             expected_events = r.counters.input_events
             expected_macs = 0
@@ -78,6 +83,7 @@ def test_engine_matches_reference(monkeypatch, model, encoding, net_name, conv_m
             expected_macs = 0
         np.testing.assert_array_equal(r.counters.events_in[pr.name], expected_events, err_msg=pr.name)
         np.testing.assert_array_equal(r.counters.macs[pr.name], expected_macs, err_msg=pr.name)
+        np.testing.assert_array_equal(r.counters.macs_nonzero[pr.name], expected_nonzero, err_msg=pr.name)
     total_neg = sum(int(v.sum()) for v in r.counters.spikes_neg.values())
     if NEURON_MODELS[model].ternary:
         assert total_neg > 0
@@ -116,7 +122,7 @@ def test_batching_gives_the_same_results(encoding):
     np.testing.assert_array_equal(batched.outputs, whole.outputs)
     for name in whole.spikes:
         np.testing.assert_array_equal(batched.spikes[name], whole.spikes[name])
-    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops", "macs"):
+    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops", "macs", "macs_nonzero"):
         a, b = getattr(batched.counters, attr), getattr(whole.counters, attr)
         assert a.keys() == b.keys()
         for k in a:
@@ -513,3 +519,18 @@ def test_several_direct_input_projections(dtype):
         np.testing.assert_allclose(fused.outputs, ref_out, rtol=0, atol=1e-12)
         for name in ref_spikes:
             np.testing.assert_array_equal(fused.spikes[name], ref_spikes[name])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_identity_of_scale_zero_counts_nothing(fused):
+    """A pruned shortcut (scale 0) adds nothing, so it performs and counts no operation."""
+    net = networks.residual_net(shortcut_scale=0.0)
+    x = networks.random_input(net, 3, seed=2)
+    ref_out, ref_spikes, ref_ops = reference.simulate(net, x)
+    r = simulate(compile_network(net, dtype="float64"), x, record=True, fused=fused)
+    np.testing.assert_allclose(r.outputs, ref_out, rtol=0, atol=1e-12)
+    for name, s in ref_spikes.items():
+        np.testing.assert_array_equal(r.spikes[name], s, err_msg=name)
+    assert r.counters.events_in["b1.shortcut"].sum() > 0
+    np.testing.assert_array_equal(r.counters.synaptic_ops["b1.shortcut"], 0)
+    np.testing.assert_array_equal(ref_ops["b1.shortcut"], 0)
