@@ -348,19 +348,33 @@ def export(checkpoint, out, force):
 @main.command()
 @click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False))
 @click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False))
-@click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--input", "-i", "input_path", type=click.Path(dir_okay=False),
+              help="Samples (.npy). Required for evsim checkpoints; with --from, defaults to --samples random images.")
+@click.option("--from", "source", type=click.Choice(["ternary-spike", "ctsn"]),
+              help="CHECKPOINT is a state_dict of the papers' training code (see evsim import).")
+@click.option("--arch", help="With --from: the architecture (as given to evsim import).")
+@click.option("--samples", type=click.IntRange(min=1, max=10_000), default=8, show_default=True,
+              help="With --from and no --input: this many seeded standard-normal images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def verify(weights, checkpoint, input_path, batch_size, as_json):
+def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, as_json):
     """Check that the engine reproduces the PyTorch model spike for spike (needs torch)."""
     need_torch()
     from .bridge.checkpoint import load_checkpoint
     from .bridge.verify import format_verification, verify as verify_fn
     from .format import read_network
+    if source is None and (arch is not None or input_path is None):
+        raise click.UsageError("--arch goes with --from" if arch is not None else "give --input (samples as .npy)")
+    if source is not None and arch is None:
+        raise click.UsageError("--from needs --arch")
     network = read_network(weights)
-    model, _ = load_checkpoint(checkpoint)
-    x = load_array(input_path)
+    if source is None:
+        model, _ = load_checkpoint(checkpoint)
+    else:
+        from .bridge.papers import model_for_network, sample_inputs
+        model = model_for_network(checkpoint, source, arch, network)
+    x = load_array(input_path) if input_path else sample_inputs(network.input_shape, samples)
     result = verify_fn(model, network, x, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -391,6 +405,39 @@ def convert_checkpoint(checkpoint, out, trust, force):
     from .bridge.checkpoint import convert_checkpoint as convert
     convert(checkpoint, out, trust=True, force=force)
     click.echo(f"wrote {out}: loads with weights_only=True")
+
+
+# ------------------------------------------------ the papers' own checkpoints
+@main.command("import")
+@click.option("--from", "source", required=True, type=click.Choice(["ternary-spike", "ctsn"]),
+              help="The training code: yfguo91/Ternary-Spike or ZBX05/Enhanced-TernarySNN (CTSN).")
+@click.option("--arch", required=True,
+              help="ternary-spike: resnet19, resnet20, resnet20m, vgg16; ctsn: vgg11, vgg16 "
+                   "(others are refused with the reason).")
+@click.option("--timesteps", "-T", required=True, type=click.IntRange(min=1, max=10_000),
+              help="T the model runs for (their --step).")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+              help="state_dict saved by their training script (.pth).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Folded network to write (.h5).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Outputs (default: read off the classifier).")
+@click.option("--input-shape", help="C,H,W of one image (default: C of the first conv, 32x32).")
+@click.option("--ctsn-form", type=click.Choice(["static", "event"]), default="static", show_default=True,
+              help="ctsn: the complemental term's form (their 'static', or 'dvs' = event).")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@user_errors
+def import_(source, arch, timesteps, checkpoint, out, num_classes, input_shape, ctsn_form, force):
+    """Import a checkpoint trained with the papers' own code and fold it into an evsim network (needs torch)."""
+    need_torch()
+    from .bridge.papers import import_checkpoint, parse_input_shape
+    from .files import check_writable_target
+    from .format import write_network
+    check_writable_target(out, force)
+    _, network = import_checkpoint(checkpoint, source, arch, timesteps, num_classes, parse_input_shape(input_shape),
+                                   ctsn_form)
+    write_network(network, out, overwrite=force)
+    click.echo(f"wrote {out}: {source} {arch}, T={timesteps}, input {tuple(network.input_shape)}, "
+               f"{network.n_classes} outputs; {len(network.populations)} populations, "
+               f"{len(network.projections)} projections, {network.n_params} parameters")
 
 
 if __name__ == "__main__":  # pragma: no cover

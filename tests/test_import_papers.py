@@ -1,0 +1,223 @@
+"""evsim import --from ternary-spike / ctsn: the papers' state-dict layout in, a spike-exact network out.
+
+Each supported architecture is built at its real widths (they are fixed in the
+papers' code) with random weights and random BatchNorm statistics, calibrated
+on the network's own activity so that every layer fires at 5-60 %; saved as
+their training scripts save it (``torch.save(model.state_dict())`` of the
+``SpikeModel`` wrapper); imported and verified through the command line, every
+spike of every layer compared in float64. Small inputs and T = 2 keep it quick.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from evsim.bridge import papers
+from evsim.cli import main
+
+
+def calibrate(net, x, seed=0):
+    """Give every BatchNorm a random affine map and, as running statistics, the statistics of its own input
+    (set by a pre-hook on its first call, so later layers see the calibrated earlier ones)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def hook(mod, args):
+        inp = args[0]
+        dims = [d for d in range(inp.ndim) if d != 1]
+        mod.running_mean.copy_(inp.mean(dims))
+        mod.running_var.copy_(inp.var(dims) + 1e-3)
+        mod.weight.data.copy_(torch.empty(mod.num_features).uniform_(0.25, 0.5, generator=g))
+        mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.15)
+        mod._calib.remove()
+
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            m._calib = m.register_forward_pre_hook(hook)
+    for name, p in net.named_parameters():
+        if name.endswith(("alpha", "beta", "gamma")):
+            p.data.normal_(0.0, 1.0, generator=g)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+
+
+def make_checkpoint(path, source, arch, shape, T=2, num_classes=10, prefix="", **build_kw):
+    torch.manual_seed(0)
+    net = papers.build(source, arch, T, shape[0], num_classes, shape, **build_kw)
+    calibrate(net, torch.randn(4, *shape))
+    state = {prefix + k: v for k, v in net.state_dict().items()}
+    torch.save(state, path)
+    return state
+
+
+def cli(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res
+
+
+def import_and_verify(tmp_path, ckpt, source, arch, shape, T=2, extra=()):
+    out = tmp_path / "folded.h5"
+    res = cli("import", "--from", source, "--arch", arch, "-T", T, "-c", ckpt, "--out", out,
+              "--input-shape", ",".join(map(str, shape)), *extra)
+    assert res.exit_code == 0, res.output
+    res = cli("verify", "-w", out, "-c", ckpt, "--from", source, "--arch", arch, "--samples", 2, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["passed"]
+    assert all(layer["identical_float64"] == 1.0 for layer in doc["layers"])
+    rates = [layer["spikes_reference"] / (layer["neurons"] * T * doc["samples"]) for layer in doc["layers"]]
+    assert 0.05 <= min(rates) and max(rates) <= 0.60, rates
+    return doc
+
+
+CASES = [   # source, arch, input shape, build options, number of neuron layers
+    ("ternary-spike", "resnet19", (3, 8, 8), {}, 17),
+    ("ternary-spike", "resnet20", (3, 8, 8), {}, 19),
+    ("ternary-spike", "resnet20m", (3, 16, 16), {}, 19),
+    ("ternary-spike", "vgg16", (3, 32, 32), {}, 13),
+    ("ctsn", "vgg11", (3, 32, 32), {"form": "static"}, 8),
+]
+
+
+@pytest.mark.parametrize("source,arch,shape,kw,layers", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_import_verifies_spike_exact(tmp_path, source, arch, shape, kw, layers):
+    ckpt = tmp_path / "ckpt.pth"
+    make_checkpoint(ckpt, source, arch, shape, **kw)
+    doc = import_and_verify(tmp_path, ckpt, source, arch, shape)
+    assert len(doc["layers"]) == layers
+
+
+def test_ctsn_event_form_without_complement_and_with_dropout_layout(tmp_path):
+    # event form (their 'dvs' complemental term), DataParallel 'module.' prefix
+    ckpt = tmp_path / "event.pth"
+    make_checkpoint(ckpt, "ctsn", "vgg11", (3, 32, 32), form="event", prefix="module.")
+    doc = import_and_verify(tmp_path, ckpt, "ctsn", "vgg11", (3, 32, 32), extra=("--ctsn-form", "event"))
+    assert doc["layers"][0]["population"] == "model.features.2"
+    # plain ternary LIF (trained without --complementary) and Dropout between layers (shifted indices)
+    ckpt2 = tmp_path / "plain.pth"
+    state = make_checkpoint(ckpt2, "ctsn", "vgg11", (3, 32, 32), complementary=False, layout={"dropout": True})
+    assert "model.features.5.pool.weight" in state and not any(k.endswith("alpha") for k in state)
+    (tmp_path / "folded.h5").unlink()
+    doc = import_and_verify(tmp_path, ckpt2, "ctsn", "vgg11", (3, 32, 32))
+    assert doc["layers"][1]["population"] == "model.features.7"
+
+
+def test_key_layout_is_theirs():
+    net = papers.build("ternary-spike", "resnet19", 2, 3, 10, (3, 32, 32), device="meta")
+    keys = list(net.state_dict())
+    assert keys[:3] == ["model.scale", "model.conv1.pool.weight", "model.bn1.conv.weight"]
+    for k in ("model.layer1.0.bn1.bn.running_mean", "model.layer2.0.downsample.0.pool.weight",
+              "model.layer2.0.downsample.1.bn.running_var", "model.fc.conv.weight", "model.fc.conv.bias"):
+        assert k in keys
+    assert len(keys) == 117
+    m = papers.build("ternary-spike", "resnet20m", 2, 3, 10, (3, 32, 32), device="meta").state_dict()
+    assert "model.conv1.0.pool.weight" in m and "model.layer2.0.downsample.1.pool.weight" in m
+    assert tuple(m["model.scale"].shape) == (1, 1, 512)
+
+
+@pytest.fixture(scope="module")
+def r19(tmp_path_factory):
+    d = tmp_path_factory.mktemp("r19")
+    state = make_checkpoint(d / "good.pth", "ternary-spike", "resnet19", (3, 8, 8))
+    return d, state
+
+
+def _import(ckpt, out, arch="resnet19", source="ternary-spike", shape="3,8,8", *extra):
+    return cli("import", "--from", source, "--arch", arch, "-T", 2, "-c", ckpt, "--out", out,
+               "--input-shape", shape, *extra)
+
+
+def _one_line_error(res, *words):
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_wrong_checkpoints_get_one_line(r19, tmp_path):
+    _, state = r19
+
+    def save(name, obj):
+        p = tmp_path / name
+        torch.save(obj, p)
+        return p
+
+    out = tmp_path / "x.h5"
+    missing = dict(state)
+    del missing["model.layer2.1.bn2.bn.running_var"]
+    _one_line_error(_import(save("missing.pth", missing), out), "missing key 'model.layer2.1.bn2.bn.running_var'")
+    extra = dict(state, **{"model.layer9.weight": torch.zeros(3)})
+    _one_line_error(_import(save("extra.pth", extra), out), "unexpected key 'model.layer9.weight'")
+    shaped = dict(state, **{"model.layer1.0.conv2.pool.weight": torch.zeros(128, 128, 1, 1)})
+    _one_line_error(_import(save("shape.pth", shaped), out), "'model.layer1.0.conv2.pool.weight' has shape (128, 128, 1, 1)")
+    _one_line_error(_import(save("module.pth", nn.Linear(2, 2)), out), "weights-only")
+    _one_line_error(_import(save("list.pth", [torch.zeros(2)]), out), "not a state_dict")
+    _one_line_error(_import(save("strs.pth", {"model.a": "text"}), out), "not a tensor")
+    _one_line_error(_import(save("nan.pth", dict(state, **{"model.fc.conv.bias": torch.full((10,), float("nan"))})),
+                            out), "NaN")
+    _one_line_error(_import(save("scale.pth", dict(state, **{"model.scale": torch.full((1, 1, 2048), 2.0)})), out),
+                    "model.scale")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    _one_line_error(_import(junk, out), "cannot read PyTorch checkpoint")
+    _one_line_error(_import(tmp_path / "absent.pth", out), "no such file")
+    # the wrong architecture names the right one
+    _one_line_error(_import(save("r19.pth", state), out, "resnet20"), "missing key", "fits --arch resnet19")
+    _one_line_error(_import(save("r19b.pth", state), out, "vgg11", "ctsn"), "missing key")
+    assert not out.exists()
+
+
+def test_refused_architectures_and_geometry(r19, tmp_path):
+    d, _ = r19
+    out = tmp_path / "x.h5"
+    for arch in ("resnet18", "resnet34"):
+        _one_line_error(_import(d / "good.pth", out, arch), "refused", "AvgPool2d(3, stride 2, padding 1)")
+    _one_line_error(_import(d / "good.pth", out, "resnet19", "ctsn"), "refused", "LIFAct")
+    _one_line_error(_import(d / "good.pth", out, "vggsnn", "ctsn"), "refused")
+    _one_line_error(_import(d / "good.pth", out, "resnet50"), "unknown")
+    # resnet20m's AvgDown pools (ceil_mode, count_include_pad=False) on an odd map: refused, not approximated
+    ck = tmp_path / "r20m.pth"
+    make_checkpoint(ck, "ternary-spike", "resnet20m", (3, 16, 16))
+    _one_line_error(_import(ck, out, "resnet20m", "ternary-spike", "3,24,24"), "model.layer4.0.downsample.0",
+                    "partial windows")
+    assert not out.exists()
+
+
+def test_output_not_replaced_without_force(r19, tmp_path):
+    d, _ = r19
+    out = tmp_path / "x.h5"
+    out.write_bytes(b"keep")
+    _one_line_error(_import(d / "good.pth", out), "already exists")
+    assert out.read_bytes() == b"keep"
+    assert _import(d / "good.pth", out, "resnet19", "ternary-spike", "3,8,8", "--force").exit_code == 0
+    # and verify refuses a checkpoint that is not the one folded
+    other = tmp_path / "other.pth"
+    state = {k: (v + 0.5 if k.endswith("conv1.pool.weight") else v) for k, v in r19[1].items()}
+    torch.save(state, other)
+    res = cli("verify", "-w", out, "-c", other, "--from", "ternary-spike", "--arch", "resnet19", "--samples", 2)
+    assert res.exit_code == 1 and "FAILED" in res.output
+    res = cli("verify", "-w", out, "-c", other, "--from", "ternary-spike")
+    assert res.exit_code == 2
+
+
+def test_fold_matches_reference_outputs():
+    shape = (3, 8, 8)
+    net = papers.build("ternary-spike", "resnet20", 2, 3, 10, shape)
+    calibrate(net, torch.randn(3, *shape))
+    from evsim.bridge.fold import run_folded_torch
+    from evsim.bridge.papers.fold import fold_paper_model
+    network = fold_paper_model(net)
+    x = torch.from_numpy(papers.sample_inputs(shape, 2))
+    out, _ = run_folded_torch(network, x)
+    with torch.no_grad():
+        ref = net.double()(x)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-9)
