@@ -100,20 +100,25 @@ def load_array(path: str, what: str = "input") -> np.ndarray:
     return a
 
 
-def _progress_runner(net, x, batch_size, record=False, show=True):
+def _progress_runner(net, x, batch_size, record=False, show=True, threads=None):
     """Run in batches with a progress bar on stderr when the run is long enough to want one."""
     from .engine import run
     n = len(x)
     if not show or n <= batch_size:
-        return run(net, x, batch_size=batch_size, record=record)
+        return run(net, x, batch_size=batch_size, record=record, threads=threads)
     with click.progressbar(length=n, label="simulating", file=sys.stderr, show_pos=True) as bar:
-        return run(net, x, batch_size=batch_size, record=record, progress=bar.update)
+        return run(net, x, batch_size=batch_size, record=record, progress=bar.update, threads=threads)
 
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="evsim")
 def main():
     """evsim: event-driven emulation of ternary spiking neural networks on the CPU."""
+    # The engine's process: Numba's OpenMP threads wait passively between parallel regions (libgomp
+    # reads this when Numba first starts its thread pool, after this point), so that they do not spin on
+    # the cores the serial parts of a run need. Only the command sets it, never `import evsim`, and
+    # a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 # ----------------------------------------------------------------------- run
@@ -153,9 +158,6 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
         raise click.UsageError("--per-sample goes with --json")
     if (input_path is None) == (dataset is None):
         raise EvsimError("give exactly one of --input or --dataset")
-    if threads:
-        import numba
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     network = read_network(weights)
     y = None
     if dataset:
@@ -182,7 +184,7 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
         if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
             raise InputError(f"labels must be {len(x)} integers, one per sample; got shape {y.shape}, dtype {y.dtype}")
     t0 = time.perf_counter()
-    result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty())
+    result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty(), threads=threads)
     t_run = time.perf_counter() - t0
     report = build_report(net, result, energy_model, mac_basis)
 

@@ -182,8 +182,13 @@ def _give_back_workspace(prog, N, ws):
     prog.workspaces[N] = ws
 
 
-def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: bool = True) -> SimulationResult:
+def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: bool = True,
+             threads: int | None = None) -> SimulationResult:
     """Run one batch. ``x`` as accepted by :func:`check_input`.
+
+    ``threads``: how many of Numba's threads this call uses (default: Numba's current count for the
+    calling thread), never more than samples; the calling thread's setting is restored afterwards,
+    so nothing global changes.
 
     ``fused`` (the default) runs the whole batch in one call of the Numba
     driver :func:`evsim.kernels.run_network`; ``fused=False`` steps through
@@ -193,8 +198,9 @@ def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: b
     """
     x = check_input(net, x)
     n_threads = numba.get_num_threads()
-    if len(x) < n_threads:     # fewer samples than threads: do not wake threads that would get no sample
-        numba.set_num_threads(len(x))
+    want = n_threads if threads is None else max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    # fewer samples than threads: do not wake threads that would get no sample
+    numba.set_num_threads(min(want, len(x)))     # Numba's thread count is per calling thread
     try:
         return _simulate_stepwise(net, x, record) if not fused else _simulate_fused(net, x, record)
     finally:
@@ -344,8 +350,9 @@ def merge_results(parts: list[SimulationResult]) -> SimulationResult:
 
 
 def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool = False,
-        progress=None, fused: bool = True) -> SimulationResult:
-    """Run many samples in batches; ``progress(n_done)`` is called after each batch."""
+        progress=None, fused: bool = True, threads: int | None = None) -> SimulationResult:
+    """Run many samples in batches; ``progress(n_done)`` is called after each batch; ``threads`` as in
+    :func:`simulate`."""
     x = np.asarray(x)
     g = net.network
     single = x.shape == ((g.timesteps,) if g.encoding == "spikes" else ()) + tuple(g.input_shape)
@@ -353,7 +360,7 @@ def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool 
         x = x[None]
     parts = []
     for i in range(0, max(len(x), 1), batch_size):
-        parts.append(simulate(net, x[i:i + batch_size], record=record, fused=fused))
+        parts.append(simulate(net, x[i:i + batch_size], record=record, fused=fused, threads=threads))
         if progress is not None:
             progress(len(parts[-1].outputs))
     return merge_results(parts)

@@ -29,7 +29,15 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # files whose code is compiled into the cached kernels
-KERNEL_SOURCES = ("kernels.py", "simd.py", "neurons.py")
+KERNEL_SOURCES = ("kernels.py", "simd.py", "simd_plain.py", "intrinsics.py", "tuning.py", "neurons.py")
+# which vector building blocks the kernels are compiled against (set by evsim.intrinsics before the
+# kernels are defined): kernels of each variant live in a directory of their own
+_variant = ["probe"]
+
+
+def set_variant(name: str) -> None:
+    """Cache the functions decorated from now on under variant ``name`` (``ir`` or ``plain``)."""
+    _variant[0] = name
 
 
 def cache_root() -> Path:
@@ -70,7 +78,8 @@ def install() -> bool:
 
         def __init__(self, py_func, py_file):
             super().__init__(py_func, py_file)
-            self._cache_path = str(cache_root() / "numba" / (self.get_suitable_cache_subpath(py_file) + "-" + digest))
+            self._cache_path = str(cache_root() / "numba" / (self.get_suitable_cache_subpath(py_file) + "-" + digest
+                                                             + "-" + _variant[0]))
 
         @classmethod
         def from_function(cls, py_func, py_file):

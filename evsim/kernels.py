@@ -28,20 +28,12 @@ sign; every kernel counts the synaptic operations it actually performed.
 
 from __future__ import annotations
 
-import os
-
-# Numba's OpenMP layer busy-waits between parallel regions by default; with
-# dozens of short kernel calls per timestep that burns the other cores and,
-# on a loaded machine, slows each call by milliseconds. Passive waiting keeps
-# calls cheap. Set before Numba loads OpenMP; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+import numpy as np
+from numba import njit, prange
 
 from . import jitcache
+from .intrinsics import LANES, ROWS, add_event_runs, add_run, add_runs, queue16
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
-from .simd import LANES, ROWS, add_event_runs, add_run, add_runs, queue16
 
 jitcache.install()   # before the first @njit(cache=True): kernels cached in the user's cache dir
 

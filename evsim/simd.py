@@ -23,7 +23,9 @@ CPUs without it, correct everywhere but only measured here on AVX-512.
 
 Numba's own staleness check of the kernel cache looks at ``evsim/kernels.py``
 alone; :mod:`evsim.jitcache` keys the cache directory on this file's content
-too, so an edit here compiles afresh.
+too, so an edit here compiles afresh. :mod:`evsim.simd_plain` holds the same
+operations as plain loops (the fallback, bit for bit the same), and
+:mod:`evsim.intrinsics` chooses between the two.
 """
 
 from __future__ import annotations
@@ -32,10 +34,7 @@ import llvmlite.ir as ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-LANES = 16
-BLOCK_WIDE = 6    # 64-byte chunks along a run that add_runs holds at once, with 32 vector registers (AVX-512)
-BLOCK_NARROW = 2  # the same with 16 registers of 32 bytes (AVX2 and older): ROWS x 2 x 2 = 12 registers
-ROWS = 3          # runs (kernel rows) that add_runs takes at once
+from .tuning import BLOCK_NARROW, BLOCK_WIDE, LANES, ROWS
 
 _i1, _i8, _i16, _i32, _i64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
 _V_I1, _V_I8, _V_I32 = (ir.VectorType(t, LANES) for t in (_i1, _i8, _i32))

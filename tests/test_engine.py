@@ -534,3 +534,23 @@ def test_identity_of_scale_zero_counts_nothing(fused):
     assert r.counters.events_in["b1.shortcut"].sum() > 0
     np.testing.assert_array_equal(r.counters.synaptic_ops["b1.shortcut"], 0)
     np.testing.assert_array_equal(ref_ops["b1.shortcut"], 0)
+
+
+def test_import_and_run_leave_the_environment_and_thread_count_alone():
+    """`import evsim` and a run set no environment variable (PyTorch's OpenMP must not see evsim's
+    choices) and leave the caller's Numba thread count as it was; ``threads`` acts per call."""
+    import subprocess
+    import sys
+    code = (
+        "import os, json; before = dict(os.environ)\n"
+        "import numba, numpy as np, evsim, networks\n"
+        "net = evsim.compile_network(networks.residual_net())\n"
+        "numba.set_num_threads(1)\n"
+        "r = evsim.simulate(net, networks.random_input(networks.residual_net(), 3), threads=2)\n"
+        "print(json.dumps([sorted(set(os.environ.items()) ^ set(before.items())), numba.get_num_threads()]))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(__import__("pathlib").Path(__file__).parent)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    changed, n_threads = __import__("json").loads(p.stdout.splitlines()[-1])
+    assert changed == [] and n_threads == 1
