@@ -2,9 +2,11 @@
 
 * linear projections -> CSR rows per presynaptic neuron (scipy names:
   ``indptr``, ``indices``, ``data``), zeros dropped;
-* conv projections -> a weight-shared *kernel CSR*: per input channel, its
-  non-zero taps, each with the weight vector over output channels. Pruned
-  taps cost nothing. Optionally (``conv_mode="explicit"``) a per-neuron CSR
+* conv projections -> weight-shared kernel *rows* (``conv_rows``: each kernel
+  row's taps over the output channels as one contiguous run, any stride), or,
+  for kernels whose taps are mostly empty, a *kernel CSR* (mode ``conv``: per
+  input channel its non-zero taps, each with the weight vector over output
+  channels; pruned taps cost nothing). Optionally (``conv_mode="explicit"``) a per-neuron CSR
   of the same conv, built with scipy.sparse and guarded by a memory limit,
   since it grows with neurons x fan-out;
 * identity projections -> a scale;
@@ -406,7 +408,6 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
         src = -1 if pr.source == INPUT else index[pr.source]
         tgt = -1 if pr.target == READOUT else index[pr.target]
         cp = CompiledProjection(pr.name, pr.kind, "", src, tgt, scale=pr.scale)
-        n_src = int(np.prod(src_shape))
         if pr.kind == "identity":
             cp.mode = "identity"
             cp.dense_macs = 0

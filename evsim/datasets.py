@@ -1,7 +1,7 @@
 """Real datasets available offline, read with NumPy only.
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``
-(IDX files, gzip); see REFERENCE.md section 4.
+(IDX files, gzip); see docs/REFERENCES.md section 4.
 """
 
 from __future__ import annotations

@@ -245,12 +245,10 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
         in_idx = np.empty((N, 0), dtype=np.int32)
         in_sign = np.empty((N, 0), dtype=np.int8)
     rec = np.zeros((N, T, n_total) if record else (N, 0, 0), dtype=np.int8)
-    K.run_network(T, spike_input, record, numba.get_num_threads(), prog.steps, prog.desc, prog.scale, prog.ibuf,
-                  prog.i32buf, prog.fbuf, prog.pop_off, prog.pop_size, prog.h_off, prog.pop_code, prog.pop_params, prog.pop_channels,
-                  prog.pop_channel_major, xs, prog.bias, current, current_map, v, h, drive, frame, ev_idx, ev_sign,
-                  ev_cnt, in_idx, in_sign,
-                  np.zeros(N, dtype=np.int64), n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec,
-                  prog.samples_per_pass(N))
+    K.run_network(T, spike_input, record, numba.get_num_threads(), prog.samples_per_pass(N), prog.record,
+                  K.StateRecord(v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64)),
+                  K.InputRecord(xs, current, current_map),
+                  K.CounterRecord(n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec))
     _give_back_workspace(prog, N, ws)
     spikes = None
     if record:

@@ -111,10 +111,6 @@ class Projection:
             self.bias = np.asarray(self.bias, dtype=np.float64)
 
     @property
-    def kernel(self) -> tuple[int, int]:
-        return tuple(self.weight.shape[2:]) if self.kind == "conv2d" else (1, 1)
-
-    @property
     def n_params(self) -> int:
         return sum(a.size for a in (self.weight, self.bias) if a is not None)
 

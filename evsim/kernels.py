@@ -28,6 +28,8 @@ sign; every kernel counts the synaptic operations it actually performed.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -88,8 +90,9 @@ def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, ta
     strides), ``col_map[x, kx]`` likewise: stride, padding and borders are
     resolved at compile time, so the hot loop does no division. Taps that
     reach nothing are skipped and not counted. ``acc``: (P_out, C_out).
-    The general path (any stride, pruned taps); :func:`conv_rows` is the
-    fast one for stride 1 along x.
+    The path for kernels with mostly empty taps (the compiler's choice, see
+    ``compiler.prefers_rows``); :func:`conv_rows`, which adds whole kernel
+    rows as contiguous runs at any stride, is the one for dense kernels.
     """
     c_out = tap_w.shape[1]
     m_c, s_c = divider(c_in)
@@ -488,12 +491,63 @@ def _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc):
     return identity(ev_idx, ev_sign, cnt, scale[j], acc)
 
 
+class ProgramRecord(NamedTuple):
+    """The compiled network as the driver reads it (built by :mod:`evsim.program`)."""
+    steps: np.ndarray              # (S, 2) int64: (STEP_SCATTER, projection) or (STEP_FIRE, population)
+    desc: np.ndarray               # (J, DESC_WIDTH) int64: each projection's kernel and array offsets
+    scale: np.ndarray              # (J,) identity scales
+    ibuf: np.ndarray               # int64 index data of all projections
+    i32buf: np.ndarray             # int32 CSR column indices
+    fbuf: np.ndarray               # weights of all projections, engine dtype
+    pop_off: np.ndarray            # (P+1,) population offsets in a sample's flat state
+    pop_size: np.ndarray           # (P,)
+    h_off: np.ndarray              # (P+1,) offsets in the CTSN complement state
+    pop_code: np.ndarray           # (P,) neuron model codes
+    pop_params: np.ndarray         # (P, 5) neuron constants
+    pop_channels: np.ndarray       # (P,)
+    pop_channel_major: np.ndarray  # (P,) 1: emit events channel by channel
+    bias: np.ndarray               # (n_total,) folded biases at each population's offset
+
+
+class StateRecord(NamedTuple):
+    """Per-sample state of a batch, (N, ...) each; every array is written before it is read."""
+    v: np.ndarray                  # membranes
+    h: np.ndarray                  # CTSN complement
+    drive: np.ndarray              # biases + direct-input current
+    frame: np.ndarray              # int8 spike frame of one population
+    ev_idx: np.ndarray             # event queues: neuron indices (int32) ...
+    ev_sign: np.ndarray            # ... and signs (int8)
+    ev_cnt: np.ndarray             # (N, P) queue lengths
+    in_idx: np.ndarray             # input events (spike encoding)
+    in_sign: np.ndarray
+    in_cnt: np.ndarray             # (N,)
+
+
+class InputRecord(NamedTuple):
+    """What the batch is fed: spike-encoded input, or the direct-input currents."""
+    x_spikes: np.ndarray           # (N, T, n_in) int8, channels-last (empty unless spike-encoded)
+    current: np.ndarray            # (N, m) direct-input currents, concatenated
+    current_map: np.ndarray        # (K, 3): (state offset, column in current, length)
+
+
+class CounterRecord(NamedTuple):
+    """What the driver measures, per sample (int64), plus the readout and the optional spike record."""
+    n_pos: np.ndarray              # (N, P) +1 spikes
+    n_neg: np.ndarray              # (N, P) -1 spikes
+    syn_ops: np.ndarray            # (N, J) synaptic operations
+    events_in: np.ndarray          # (N, J) events into each projection
+    input_events: np.ndarray       # (N,) input events
+    out_acc: np.ndarray            # (N, n_out) readout sum over the steps
+    spikes: np.ndarray             # (N, T, n_total) int8, written only when recording
+
+
 @njit(**_PARALLEL)
-def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ibuf, i32buf, fbuf,
-                pop_off, pop_size, h_off, pop_code, pop_params, pop_channels, pop_channel_major,
-                x_spikes, bias, current, current_map, v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign,
-                in_cnt, n_pos, n_neg, syn_ops, events_in, input_events, out_acc, spikes, chunk):
+def run_network(timesteps, spike_input, record, n_groups, chunk, program, state, inputs, counters):
     """Run a batch through all timesteps of a compiled program (see :mod:`evsim.program`).
+
+    ``program``, ``state``, ``inputs``, ``counters``: a :class:`ProgramRecord`,
+    :class:`StateRecord`, :class:`InputRecord` and :class:`CounterRecord`
+    (named tuples of arrays: no positional list of look-alike arrays to swap).
 
     ``steps[s] = (kind, index)``: scatter projection ``index`` or fire
     population ``index``, in topological order, once per timestep. State
@@ -515,6 +569,16 @@ def run_network(timesteps, spike_input, record, n_groups, steps, desc, scale, ib
     small); a chunk of the whole group lets a layer's weights serve every
     sample while they are in cache (best when the weights are large).
     """
+    steps, desc, scale, ibuf, i32buf, fbuf = (program.steps, program.desc, program.scale, program.ibuf,
+                                              program.i32buf, program.fbuf)
+    pop_off, pop_size, h_off, pop_code = program.pop_off, program.pop_size, program.h_off, program.pop_code
+    pop_params, pop_channels, pop_channel_major, bias = (program.pop_params, program.pop_channels,
+                                                         program.pop_channel_major, program.bias)
+    v, h, drive, frame, ev_idx, ev_sign = state.v, state.h, state.drive, state.frame, state.ev_idx, state.ev_sign
+    ev_cnt, in_idx, in_sign, in_cnt = state.ev_cnt, state.in_idx, state.in_sign, state.in_cnt
+    x_spikes, current, current_map = inputs.x_spikes, inputs.current, inputs.current_map
+    n_pos, n_neg, syn_ops, events_in = counters.n_pos, counters.n_neg, counters.syn_ops, counters.events_in
+    input_events, out_acc, spikes = counters.input_events, counters.out_acc, counters.spikes
     n_samples = v.shape[0]
     n_steps = steps.shape[0]
     per_group = (n_samples + n_groups - 1) // n_groups

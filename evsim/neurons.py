@@ -2,7 +2,7 @@
 
 Each model is a name in the file format, a set of per-population constants
 and an integer code the engine's update kernel switches on (outside its
-inner loop). Equations (REFERENCE.md sections 1-2, effective threshold
+inner loop). Equations (docs/REFERENCES.md sections 1-2, effective threshold
 ``v_threshold``):
 
 ternary_lif   u[t] = tau * u[t-1] * (1 - |o[t-1]|) + x[t]

@@ -45,6 +45,14 @@ class Program:
     bias: np.ndarray = None    # (n_total,) every population's folded biases at its offset: a sample's drive before input
     workspaces: dict = field(default_factory=dict)   # batch size -> state arrays reused between batches
 
+    @property
+    def record(self):
+        """The arrays the driver reads, as one named record (:class:`evsim.kernels.ProgramRecord`)."""
+        from .kernels import ProgramRecord
+        return ProgramRecord(self.steps, self.desc, self.scale, self.ibuf, self.i32buf, self.fbuf, self.pop_off,
+                             self.pop_size, self.h_off, self.pop_code, self.pop_params, self.pop_channels,
+                             self.pop_channel_major, self.bias)
+
     def samples_per_pass(self, n_samples: int) -> int:
         """How many samples a thread takes through the timesteps together (the driver's ``chunk``).
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from .compiler import CompiledNetwork
 from .engine import SimulationResult
 from .neurons import neuron_model

@@ -202,7 +202,7 @@ def test_fold_vgg_pool_becomes_strided_conv():
         assert isinstance(pool, nn.AvgPool2d) and isinstance(conv, nn.Conv2d)
         p = proj(net, f"layers.{pool_idx}")
         assert p.kind == "conv2d" and p.source == src and p.target == f"layers.{pool_idx + 3}"
-        assert p.kernel == (2 * conv.kernel_size[0], 2 * conv.kernel_size[1]) == (6, 6)
+        assert p.weight.shape[2:] == (2 * conv.kernel_size[0], 2 * conv.kernel_size[1]) == (6, 6)
         assert p.stride == (2 * conv.stride[0], 2 * conv.stride[1]) == (2, 2)
         assert p.padding == (2 * conv.padding[0], 2 * conv.padding[1]) == (2, 2)
         s, c = bn_scale_shift(bn)

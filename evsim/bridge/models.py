@@ -6,7 +6,7 @@ BatchNorm1d, AvgPool2d, AdaptiveAvgPool2d, Flatten, the spiking neurons of
 :mod:`evsim.bridge.layers`, and :class:`BasicBlock`). Any network built from
 those layers, not only the ones below, can be folded, exported and verified.
 
-Architectures follow the public Ternary Spike code (REFERENCE.md section 1):
+Architectures follow the public Ternary Spike code (docs/REFERENCES.md section 1):
 ResNet-19 (stages [3, 3, 2], widths 128/256/512) and ResNet-20 (stages
 [3, 3, 3]) in the CIFAR layout; ``width`` scales the channel counts so that
 small versions train on two CPU cores.

@@ -1,6 +1,6 @@
 """Training recipe: SGD with momentum, cosine schedule, optional TMPR.
 
-Settings follow the CTSN authors' code (REFERENCE.md section 2): SGD lr 0.1,
+Settings follow the CTSN authors' code (docs/REFERENCES.md section 2): SGD lr 0.1,
 momentum 0.9, weight decay 1e-4, cosine annealing; the loss is the cross
 entropy of the logits averaged over T, plus the TMPR regulariser when asked.
 Checkpoints (:mod:`evsim.bridge.checkpoint`) hold the model config, the state
@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .layers import SpikingNeuron
 from .models import SpikingNet, build_model
 
 
@@ -49,7 +48,6 @@ class TrainConfig:
     augment: bool = True
     threads: int | None = None
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
 
 
 def tmpr_loss(membranes: list[list[torch.Tensor]], lam: float) -> torch.Tensor:
