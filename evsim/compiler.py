@@ -20,6 +20,7 @@ Shapes and dtypes are fixed here, once, never checked in the hot path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -129,6 +130,9 @@ class CompiledNetwork:
     readout_bias: np.ndarray
     n_outputs: int
     conv_mode: str
+    # the same network flattened for the fused driver (evsim.program.Program), built by compile_network;
+    # the projections' arrays above are views of its buffers, so the weights are held once
+    program: Any = None
 
     @property
     def nbytes(self) -> int:
@@ -470,5 +474,8 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             w = cp.arrays.get("row_w", cp.arrays.get("tap_w"))
             if w.nbytes > CHANNEL_MAJOR_WEIGHT_BYTES:
                 cpops[cp.source].channel_major = True
-    return CompiledNetwork(network, np.dtype(dt), cpops, cprojs, incoming, readout_incoming, direct,
-                           readout_bias.astype(dt), n_out, conv_mode)
+    net = CompiledNetwork(network, np.dtype(dt), cpops, cprojs, incoming, readout_incoming, direct,
+                          readout_bias.astype(dt), n_out, conv_mode)
+    from .program import build_program      # program.py builds on this module's types
+    build_program(net)
+    return net

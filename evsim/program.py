@@ -109,12 +109,11 @@ class _Buffer:
 
 
 def build_program(net: CompiledNetwork) -> Program:
-    """The program of ``net``, built once and kept on the compiled network."""
-    cached = getattr(net, "_program", None)
-    if cached is not None:
-        return cached
-    net._program = prog = _build(net)
-    return prog
+    """The program of ``net`` (``net.program``), built once: :func:`evsim.compile_network` calls this,
+    so the compiled network it returns is the one object the engine runs."""
+    if net.program is None:
+        net.program = _build(net)
+    return net.program
 
 
 def _build(net: CompiledNetwork) -> Program:
