@@ -28,14 +28,11 @@ import scipy.sparse as sp
 from .errors import NetworkError
 from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
 from .limits import Limits
+from .tuning import CHANNEL_MAJOR_WEIGHT_BYTES, ROWS_OVER_TAPS_MAX_EMPTY
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 CONV_MODES = ("kernel", "explicit")
 DEFAULT_EXPLICIT_LIMIT_MB = 1024.0
-# A population whose events feed a conv with more weight bytes than this emits them
-# channel by channel, so each input channel's weights are read once per step while
-# hot in cache (about half a core's L2 here; measured in bench/ case 3).
-CHANNEL_MAJOR_WEIGHT_BYTES = 1 << 20
 
 
 @dataclass
@@ -264,7 +261,7 @@ def row_kernel(weight: np.ndarray, geom: ConvGeometry, dtype) -> dict:
 def prefers_rows(weight: np.ndarray) -> bool:
     """Use the row kernel unless most taps are all zero (then skipping them tap by tap wins)."""
     empty = ~(weight != 0).any(axis=0)                  # [ci, ky, kx] taps with no weight
-    return bool(empty.mean() < 0.5)
+    return bool(empty.mean() < ROWS_OVER_TAPS_MAX_EMPTY)
 
 
 def conv_explicit_nnz(weight: np.ndarray, geom: ConvGeometry) -> int:

@@ -36,6 +36,7 @@ from numba import njit, prange
 from . import jitcache
 from .intrinsics import LANES, ROWS, add_event_runs, add_run, add_runs, queue16
 from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
+from .tuning import CSR_GROUP
 
 jitcache.install()   # before the first @njit(cache=True): kernels cached in the user's cache dir
 
@@ -203,7 +204,6 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
     return ops
 
 
-CSR_GROUP = 64     # events that csr adds in one pass at most
 
 
 @njit(**_SERIAL)

@@ -17,9 +17,11 @@ import mmap
 
 import numpy as np
 
-HUGE = 2 << 20
-LINE = 64
-_MIN_BYTES = 256 << 10       # smaller arrays gain nothing worth a 2 MiB mapping
+from .tuning import ALIGN_BYTES, HUGE_PAGE_BYTES, HUGE_PAGE_MIN_BYTES
+
+HUGE = HUGE_PAGE_BYTES
+LINE = ALIGN_BYTES
+_MIN_BYTES = HUGE_PAGE_MIN_BYTES
 
 
 def empty(shape, dtype) -> np.ndarray:

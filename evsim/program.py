@@ -21,9 +21,7 @@ from . import kernels as K
 from . import memory
 from .compiler import CompiledNetwork
 from .neurons import neuron_model
-
-
-SAMPLE_STATE_CACHE_BYTES = 1 << 20   # about half a core's L2 on the machines measured (2 MiB)
+from .tuning import ALIGN_BYTES, SAMPLE_STATE_CACHE_BYTES
 
 
 @dataclass
@@ -67,7 +65,6 @@ class Program:
         return 1 if self.state_bytes <= SAMPLE_STATE_CACHE_BYTES else max(1, n_samples)
 
 
-ALIGN_BYTES = 64     # one cache line, one AVX-512 vector
 
 
 def _aligned(n: int, dtype) -> int:
