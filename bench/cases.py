@@ -16,7 +16,11 @@ import numpy as np
 import evsim
 from evsim import kernels as K
 from evsim import memory as evsim_memory
-from evsim.compiler import CHANNEL_MAJOR_WEIGHT_BYTES, ConvGeometry, conv_explicit_nnz, conv_geometry, row_kernel
+from evsim.compiler import ConvGeometry, conv_geometry
+from evsim.projections import conv_rows as KR
+from evsim.projections.conv_rows import lower_weights as row_kernel
+from evsim.projections.csr import conv_explicit_nnz
+from evsim.tuning import CHANNEL_MAJOR_WEIGHT_BYTES
 from evsim.engine import run as evsim_run
 from evsim.reports import build_report
 
@@ -153,11 +157,13 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
     call per projection and population and step) by wrapping its calls; the rest
     is the Python time loop and allocation."""
     import evsim.engine as E
-    names = ["scatter_conv_rows", "scatter_conv", "scatter_csr", "scatter_identity", "fire_and_advance",
-             "collect_events", "events_to_dense"]
-    acc = {n: 0.0 for n in names + ["direct_current (Numba dense conv, direct input)", "check_input"]}
+    names = ["fire_and_advance", "collect_events", "events_to_dense"]
+    from evsim.projections import EVENT_KINDS
+    kinds = {f"{n}.scatter_batch": m for n, m in EVENT_KINDS.items()}
+    acc = {n: 0.0 for n in names + list(kinds) + ["direct_current (Numba dense conv, direct input)", "check_input"]}
     calls = {n: 0 for n in acc}
     saved_k = {n: getattr(K, n) for n in names}
+    saved_kinds = {n: m.scatter_batch for n, m in kinds.items()}
     saved_e = {"_direct_current": E._direct_current, "check_input": E.check_input}
 
     def wrap(label, f):
@@ -172,6 +178,8 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
     try:
         for n in names:
             setattr(K, n, wrap(n, saved_k[n]))
+        for n, m in kinds.items():
+            m.scatter_batch = wrap(n, saved_kinds[n])
         E._direct_current = wrap("direct_current (Numba dense conv, direct input)", saved_e["_direct_current"])
         E.check_input = wrap("check_input", saved_e["check_input"])
         evsim_run(net, x[:batch], batch_size=batch, fused=False)        # warm
@@ -187,6 +195,8 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
     finally:
         for n in names:
             setattr(K, n, saved_k[n])
+        for n, m in kinds.items():
+            m.scatter_batch = saved_kinds[n]
         E._direct_current = saved_e["_direct_current"]
         E.check_input = saved_e["check_input"]
     parts = {k: v for k, v in acc.items() if calls[k]}
@@ -200,7 +210,7 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
 def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
     """Wall time of the conv scatter per layer shape (1 thread, step-by-step path, wrapping the
     row kernel); median over ``reps`` runs."""
-    orig = K.scatter_conv_rows
+    orig = KR.scatter_batch
     acc = {}
     secs = {}
 
@@ -226,12 +236,12 @@ def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
     evsim_run(net, x, batch_size=len(x), fused=False)
     run_no = [0]
     try:
-        K.scatter_conv_rows = w
+        KR.scatter_batch = w
         for i in range(reps):
             run_no[0] = i
             evsim_run(net, x, batch_size=len(x), fused=False)
     finally:
-        K.scatter_conv_rows = orig
+        KR.scatter_batch = orig
     rows = []
     for key, r in acc.items():
         r["seconds"] = summarize(secs[key])
@@ -393,11 +403,11 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
     row_map = geom.offset_maps()[0]
     args = (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["row_nnz_cum"],
             bool(a["has_zeros"]), acc, ops)
-    K.scatter_conv_rows(*args)
+    KR.scatter_batch(*args)
     ops[:] = 0
-    K.scatter_conv_rows(*args)
+    KR.scatter_batch(*args)
     n_ops = int(ops.sum())
-    st = time_calls(lambda: K.scatter_conv_rows(*args), reps, warmup=0)
+    st = time_calls(lambda: KR.scatter_batch(*args), reps, warmup=0)
     runs = int(cnt.sum()) * 3          # (event, kernel row) runs, borders aside
     return {"c_in": c_in, "c_out": c_out, "map": hw, "density": density, "samples": n_samples, "threads": threads,
             "event_order": "channel by channel" if channel_major else "memory order",

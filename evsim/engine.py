@@ -24,7 +24,9 @@ import numpy as np
 
 from . import kernels as K
 from . import memory
-from .compiler import CompiledNetwork, from_channels_last, to_channels_last
+from .compiler import CompiledNetwork
+from .layout import from_channels_last, to_channels_last
+from .projections import EVENT_KINDS, dense
 from .errors import InputError
 from .neurons import neuron_model
 from .program import build_program
@@ -95,18 +97,7 @@ def check_input(net: CompiledNetwork, x: np.ndarray) -> np.ndarray:
 
 def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
     """Dense current of a direct-input projection, (N, n_target) channels-last."""
-    cp = net.projections[pi]
-    wt = cp.arrays["weight_t"]
-    n = x.shape[0]
-    if cp.kind == "linear":
-        out = np.zeros((n, wt.shape[1]), dtype=wt.dtype)
-        K.direct_linear(to_channels_last(x, net.network.input_shape), wt, out)
-        return out
-    g = cp.geometry
-    out = np.zeros((n, g.h_out * g.w_out * g.c_out), dtype=wt.dtype)
-    K.direct_conv(x, wt, g.kernel[0], g.kernel[1], g.stride[0], g.stride[1], g.padding[0], g.padding[1],
-                  g.h_out, g.w_out, out)
-    return out
+    return dense.current(net.projections[pi], x, net.network.input_shape)
 
 
 def _direct_currents(net: CompiledNetwork, x: np.ndarray) -> tuple[np.ndarray, list]:
@@ -300,20 +291,7 @@ def _simulate_stepwise(net: CompiledNetwork, x: np.ndarray, record: bool) -> Sim
         cp = net.projections[pi]
         ei, es, ec = events_of(cp.source)
         events_in[pi] += ec
-        a = cp.arrays
-        gm = cp.geometry
-        if cp.mode == "conv_rows":
-            K.scatter_conv_rows(ei, es, ec, gm.c_in, gm.w_in, gm.kernel[0], gm.kernel[1], a["row_map"],
-                                a["col_plan"], gm.w_out, gm.c_out, a["row_w"], a["row_nnz_cum"], bool(a["has_zeros"]),
-                                acc2d, syn_ops[pi])
-        elif cp.mode == "conv":
-            K.scatter_conv(ei, es, ec, gm.c_in, gm.w_in, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"],
-                           a["tap_nnz"], a["row_map"], a["col_map"], gm.w_out,
-                           acc2d.reshape(N, gm.h_out * gm.w_out, gm.c_out), syn_ops[pi])
-        elif cp.mode == "csr":
-            K.scatter_csr(ei, es, ec, a["indptr"], a["indices"], a["data"], acc2d, syn_ops[pi])
-        else:
-            K.scatter_identity(ei, es, ec, dt.type(cp.scale), acc2d, syn_ops[pi])
+        EVENT_KINDS[cp.mode].scatter_stepwise(cp, ei, es, ec, acc2d, syn_ops[pi])
 
     for t in range(T):
         if g.encoding == "spikes":

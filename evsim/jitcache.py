@@ -29,7 +29,12 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # files whose code is compiled into the cached kernels
-KERNEL_SOURCES = ("kernels.py", "simd.py", "simd_plain.py", "intrinsics.py", "tuning.py", "neurons.py")
+KERNEL_SOURCES = ("kernels.py", "simd.py", "simd_plain.py", "intrinsics.py", "tuning.py", "neurons.py",
+                  "layout.py", "projections/*.py")
+# how every evsim kernel is compiled: cached, no GIL, IEEE arithmetic, no bounds checks (the compiler
+# guarantees the indices); PARALLEL for the batch kernels and the driver (prange)
+SERIAL = dict(cache=True, nogil=True, fastmath=False, boundscheck=False)
+PARALLEL = dict(SERIAL, parallel=True)
 # which vector building blocks the kernels are compiled against (set by evsim.intrinsics before the
 # kernels are defined): kernels of each variant live in a directory of their own
 _variant = ["probe"]
@@ -51,11 +56,12 @@ def cache_root() -> Path:
 
 def _sources_digest() -> str:
     h = hashlib.sha1()
-    for name in KERNEL_SOURCES:
-        try:
-            h.update((PACKAGE_DIR / name).read_bytes())
-        except OSError:
-            h.update(name.encode())
+    for pattern in KERNEL_SOURCES:
+        for path in sorted(PACKAGE_DIR.glob(pattern)) or [PACKAGE_DIR / pattern]:
+            try:
+                h.update(path.read_bytes())
+            except OSError:
+                h.update(pattern.encode())
     return h.hexdigest()[:12]
 
 
@@ -84,7 +90,7 @@ def install() -> bool:
         @classmethod
         def from_function(cls, py_func, py_file):
             try:
-                inside = Path(py_file).resolve().parent == PACKAGE_DIR
+                inside = PACKAGE_DIR in Path(py_file).resolve().parents
             except (OSError, RuntimeError):
                 inside = False
             return super().from_function(py_func, py_file) if inside else None

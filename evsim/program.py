@@ -21,6 +21,8 @@ from . import kernels as K
 from . import memory
 from .compiler import CompiledNetwork
 from .neurons import neuron_model
+from .projections import EVENT_KINDS
+from .projections import table as T
 from .tuning import ALIGN_BYTES, SAMPLE_STATE_CACHE_BYTES
 
 
@@ -116,45 +118,21 @@ def build_program(net: CompiledNetwork) -> Program:
 def _build(net: CompiledNetwork) -> Program:
     dt = net.dtype
     J = len(net.projections)
-    desc = np.full((J, K.DESC_WIDTH), -1, dtype=np.int64)
+    desc = np.full((J, T.DESC_WIDTH), -1, dtype=np.int64)
     scale = np.zeros(J, dtype=dt)
     ib, i32, fb = _Buffer(np.int64), _Buffer(np.int32), _Buffer(dt)
     for j, cp in enumerate(net.projections):
         d = desc[j]
-        d[K.D_SRC], d[K.D_DST] = cp.source, cp.target
-        a = cp.arrays
+        d[T.D_SRC], d[T.D_DST] = cp.source, cp.target
         g = cp.geometry
         if g is not None:
-            d[K.D_C_IN], d[K.D_H_IN], d[K.D_W_IN] = g.c_in, g.h_in, g.w_in
-            d[K.D_C_OUT], d[K.D_H_OUT], d[K.D_W_OUT] = g.c_out, g.h_out, g.w_out
-            d[K.D_KH], d[K.D_KW] = g.kernel
-        if cp.mode == "conv_rows":
-            d[K.D_MODE] = K.MODE_ROWS
-            d[K.D_O1] = ib.add(a, "row_map")
-            d[K.D_O2] = fb.add(a, "row_w")
-            d[K.D_O3] = ib.add(a, "row_nnz_cum")
-            d[K.D_O4] = ib.add(a, "col_plan")
-            d[K.D_FLAG] = int(a["has_zeros"])
-        elif cp.mode == "conv":
-            d[K.D_MODE] = K.MODE_TAPS
-            d[K.D_O1] = ib.add(a, "tap_ptr")
-            d[K.D_O2] = ib.add(a, "tap_y")
-            d[K.D_O3] = ib.add(a, "tap_x")
-            d[K.D_O4] = ib.add(a, "tap_nnz")
-            d[K.D_O5] = ib.add(a, "row_map")
-            d[K.D_O6] = ib.add(a, "col_map")
-            d[K.D_O7] = fb.add(a, "tap_w")
-            d[K.D_N] = a["tap_w"].shape[0]
-        elif cp.mode == "csr":
-            d[K.D_MODE] = K.MODE_CSR
-            d[K.D_O1] = ib.add(a, "indptr")
-            d[K.D_O2] = i32.add(a, "indices")
-            d[K.D_O3] = fb.add(a, "data")
-            d[K.D_N] = a["indptr"].shape[0] - 1
-        elif cp.mode == "identity":
-            d[K.D_MODE] = K.MODE_IDENTITY
-            scale[j] = cp.scale
-        # "dense" (direct input) projections run once per batch before the driver (engine._direct_currents)
+            d[T.D_C_IN], d[T.D_H_IN], d[T.D_W_IN] = g.c_in, g.h_in, g.w_in
+            d[T.D_C_OUT], d[T.D_H_OUT], d[T.D_W_OUT] = g.c_out, g.h_out, g.w_out
+            d[T.D_KH], d[T.D_KW] = g.kernel
+        kind = EVENT_KINDS.get(cp.mode)
+        if kind is not None:         # "dense" (direct input) projections run before the driver (engine)
+            d[T.D_MODE] = kind.CODE
+            kind.pack(cp, j, desc, scale, ib, i32, fb)
     steps = []
     for i in range(len(net.populations)):
         steps += [(K.STEP_SCATTER, j) for j in net.incoming[i]]

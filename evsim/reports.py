@@ -66,7 +66,7 @@ class PopulationStats:
 @dataclass
 class ProjectionStats:
     name: str
-    kind: str
+    kind: str              # the graph's: linear, conv2d, identity
     source: str
     target: str
     events_in: float       # per sample
@@ -75,6 +75,7 @@ class ProjectionStats:
     macs_nonzero_input: float   # MAC per sample, non-zero input values only
     macs_all_positions: float   # MAC per sample, every input position
     dense_macs: int        # MACs of the same projection run once as an ANN
+    kernel: str = ""       # the projection kind it runs as (evsim.projections): conv_rows, conv_taps, csr, identity, dense
 
 
 @dataclass
@@ -125,7 +126,7 @@ def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = D
         projs.append(ProjectionStats(
             cp.name, cp.kind, names.get(cp.source, "input"), names.get(cp.target, "readout"),
             float(c.events_in[cp.name].sum()) / N, float(c.synaptic_ops[cp.name].sum()) / N,
-            nonzero if mac_basis == "nonzero" else every, nonzero, every, cp.dense_macs))
+            nonzero if mac_basis == "nonzero" else every, nonzero, every, cp.dense_macs, cp.mode))
     ac = sum(p.synaptic_ops for p in projs)
     mac = sum(p.macs for p in projs)
     spikes = sum(p.spikes_pos + p.spikes_neg for p in pops)
@@ -217,7 +218,7 @@ def format_report(report: Report) -> str:
              f"{100 * p.sparsity:.2f}%", _fmt(p.neuron_updates)] for p in report.populations]
     out.append(table(rows, ["population", "model", "neurons", "+1 spikes", "-1 spikes", "rate", "sparsity", "updates"]))
     out.append("")
-    rows = [[p.name, p.kind, f"{p.source} -> {p.target}", _fmt(p.events_in), _fmt(p.synaptic_ops), _fmt(p.macs),
+    rows = [[p.name, f"{p.kind} ({p.kernel})", f"{p.source} -> {p.target}", _fmt(p.events_in), _fmt(p.synaptic_ops), _fmt(p.macs),
              _fmt(p.dense_macs)] for p in report.projections]
     out.append(table(rows, ["projection", "kind", "source -> target", "events", "AC", "MAC", "ANN MAC"]))
     t, e = report.totals, report.energy

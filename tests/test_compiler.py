@@ -9,8 +9,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import networks
 import reference
 from evsim import compile_network, kernels as K
-from evsim.compiler import (ConvGeometry, cl_permutation, conv_explicit_csr, conv_explicit_nnz, from_channels_last,
-                            kernel_csr, linear_csr, to_channels_last)
+from evsim.compiler import ConvGeometry
+from evsim.layout import cl_permutation, from_channels_last, to_channels_last
+from evsim.projections.conv_taps import lower_weights as kernel_csr
+from evsim.projections.csr import conv_explicit_csr, conv_explicit_nnz, linear_csr
+from evsim.projections.positions import decode, divider
 from evsim.errors import NetworkError
 from evsim.neurons import LIF_TERNARY
 
@@ -156,7 +159,7 @@ def test_event_queue_round_trip(n, size, density, seed):
 @given(st.integers(1, 2**31 - 1), st.data())
 def test_divider_is_exact_on_every_int32_index(d, data):
     """The scatter divides event indices by a multiply and a shift instead of an integer division."""
-    m, s = K.divider(d)
+    m, s = divider(d)
     k = data.draw(st.integers(0, (2**31 - 1) // d))
     candidates = [0, 2**31 - 1, k * d, k * d - 1, k * d + d - 1, data.draw(st.integers(0, 2**31 - 1))]
     for n in candidates:
@@ -172,9 +175,9 @@ def test_event_decode_is_exact(c_in, h_in, w_in, data):
     n = min(c_in * h_in * w_in, 2**31)
     idx = data.draw(st.sampled_from([0, n - 1, n // 2, min(c_in - 1, n - 1), min(c_in, n - 1),
                                      min(w_in * c_in - 1, n - 1)]) | st.integers(0, n - 1))
-    m_c, s_c = K.divider(c_in)
-    m_w, s_w = K.divider(w_in)
-    c, y, x = K._decode(idx, c_in, w_in, m_c, s_c, m_w, s_w)
+    m_c, s_c = divider(c_in)
+    m_w, s_w = divider(w_in)
+    c, y, x = decode(idx, c_in, w_in, m_c, s_c, m_w, s_w)
     p, c_ref = divmod(idx, c_in)
     assert (c, y, x) == (c_ref, p // w_in, p % w_in)
 
@@ -213,7 +216,7 @@ def test_compiled_sizes():
                      "b2.shortcut": "conv_rows", "fc": "csr"}
     # a kernel whose taps are mostly empty is scattered tap by tap (the empty taps cost nothing)
     pruned = {p.name: p.mode for p in compile_network(networks.residual_net_pruned_taps(encoding="spikes")).projections}
-    assert pruned["b1.conv2"] == pruned["b2.conv1"] == "conv" and pruned["b1.conv1"] == "conv_rows"
+    assert pruned["b1.conv2"] == pruned["b2.conv1"] == "conv_taps" and pruned["b1.conv1"] == "conv_rows"
     assert {p.name: p.mode for p in explicit.projections}["b1.conv1"] == "csr"
     direct = compile_network(networks.residual_net(encoding="direct"))
     assert direct.direct == [0] and direct.projections[0].mode == "dense"

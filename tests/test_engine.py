@@ -9,7 +9,11 @@ import networks
 import reference
 from conftest import ENCODINGS, MODELS, NETWORKS, case, ternary
 from evsim import compile_network, kernels as K, run, simulate
-from evsim.compiler import ConvGeometry, kernel_csr, row_kernel, to_channels_last
+from evsim.compiler import ConvGeometry
+from evsim.layout import to_channels_last
+from evsim.projections import conv_rows, conv_taps, csr, dense, identity
+from evsim.projections.conv_rows import lower_weights as row_kernel
+from evsim.projections.conv_taps import lower_weights as kernel_csr
 from evsim.graph import INPUT, Network, Population, Projection
 from evsim.neurons import NEURON_MODELS
 from evsim.program import Program, build_program
@@ -245,11 +249,11 @@ def test_scatter_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad, path, pruned
     geom = ConvGeometry(c_in, h, w, c_out, ho, wo, k, stride, pad)
     row_map, col_map = geom.offset_maps()
     if path == "taps":
-        K.scatter_conv(idx, sign, cnt, c_in, w, taps["tap_ptr"], taps["tap_y"], taps["tap_x"], taps["tap_w"],
+        conv_taps.scatter_batch(idx, sign, cnt, c_in, w, taps["tap_ptr"], taps["tap_y"], taps["tap_x"], taps["tap_w"],
                        taps["tap_nnz"], row_map, col_map, wo, acc, ops)
     else:
         rows = row_kernel(wt, geom, dt)
-        K.scatter_conv_rows(idx, sign, cnt, c_in, w, k[0], k[1], row_map, rows["col_plan"], wo, c_out,
+        conv_rows.scatter_batch(idx, sign, cnt, c_in, w, k[0], k[1], row_map, rows["col_plan"], wo, c_out,
                             rows["row_w"], rows["row_nnz_cum"], bool(rows["has_zeros"]), acc.reshape(n, -1), ops)
     expected = np.stack([reference.conv2d(frame[i].astype(float), wt, stride, pad) for i in range(n)])
     expected = acc0 + expected.reshape(n, c_out, ho * wo).transpose(0, 2, 1)
@@ -273,7 +277,7 @@ def test_direct_conv_kernel(dt, c_in, h, w, c_out, k, stride, pad):
     x = rng.random((n, c_in, h, w)).astype(dt)
     out0 = rng.normal(size=(n, ho * wo * c_out)).astype(dt)
     out = out0.copy()
-    K.direct_conv(x, np.ascontiguousarray(wt.transpose(2, 3, 1, 0).reshape(-1, c_out).astype(dt)),
+    dense.direct_conv(x, np.ascontiguousarray(wt.transpose(2, 3, 1, 0).reshape(-1, c_out).astype(dt)),
                   k[0], k[1], stride[0], stride[1], pad[0], pad[1], ho, wo, out)
     expected = np.stack([reference.conv2d(x[i].astype(float), wt, stride, pad) for i in range(n)])
     expected = out0 + expected.reshape(n, c_out, ho * wo).transpose(0, 2, 1).reshape(n, -1)
@@ -287,7 +291,7 @@ def test_direct_linear_kernel(dt):
     wt = rng.normal(size=(11, 7)).astype(dt)
     out0 = rng.normal(size=(4, 7)).astype(dt)
     out = out0.copy()
-    K.direct_linear(x, wt, out)
+    dense.direct_linear(x, wt, out)
     np.testing.assert_allclose(out, out0 + x.astype(float) @ wt.astype(float), **_tol(dt))
 
 
@@ -315,7 +319,7 @@ def test_scatter_csr_kernel(dt, prune, n_src):
     acc0 = rng.normal(size=(n, n_tgt)).astype(dt)
     acc = acc0.copy()
     ops = np.zeros(n, dtype=np.int64)
-    K.scatter_csr(idx, sign, cnt, indptr, indices, data, acc, ops)
+    csr.scatter_batch(idx, sign, cnt, indptr, indices, data, acc, ops)
     np.testing.assert_allclose(acc, acc0 + frame @ dense, **_tol(dt))
     np.testing.assert_array_equal(ops, np.abs(frame) @ (dense != 0).sum(1))
 
@@ -329,7 +333,7 @@ def test_scatter_identity_kernel(dt):
     acc = acc0.copy()
     ops = np.zeros(3, dtype=np.int64)
     scale = dt(0.8)
-    K.scatter_identity(idx, sign, cnt, scale, acc, ops)
+    identity.scatter_batch(idx, sign, cnt, scale, acc, ops)
     np.testing.assert_allclose(acc, acc0 + scale * frame, **_tol(dt))
     np.testing.assert_array_equal(ops, np.count_nonzero(frame, axis=1))
 
@@ -459,7 +463,7 @@ def test_program_shares_the_compiled_weights(conv_mode):
                 assert a.ctypes.data % 64 == 0, f"{cp.name}.{k} does not start on a cache line"
                 n_shared += 1
     assert n_shared >= 10
-    assert {cp.mode for cp in cn.projections} >= ({"conv_rows", "conv"} if conv_mode == "kernel" else {"csr"})
+    assert {cp.mode for cp in cn.projections} >= ({"conv_rows", "conv_taps"} if conv_mode == "kernel" else {"csr"})
     x = networks.random_input(net, 3, seed=2)
     ref_out = reference.simulate(net, x)[0]
     for fused in (True, False):

@@ -9,11 +9,13 @@ import sys
 from numba.core.registry import CPUDispatcher
 
 import evsim.kernels as K
-from evsim import jitcache
+from evsim import jitcache, projections
 
 
 def _kernels():
-    return [v for v in vars(K).values() if isinstance(v, CPUDispatcher) and v._cache is not None]
+    """Every cached kernel: the driver's module and each projection kind's."""
+    modules = [K, projections.positions, *projections.KINDS.values()]
+    return [v for m in modules for v in vars(m).values() if isinstance(v, CPUDispatcher) and v._cache is not None]
 
 
 def _cache_dirs_in(env: dict) -> set[str]:
@@ -25,7 +27,7 @@ def _cache_dirs_in(env: dict) -> set[str]:
 
 def test_every_kernel_is_cached_under_the_user_cache_root():
     kernels = _kernels()
-    assert len(kernels) >= 10
+    assert len(kernels) >= 20
     root = str(jitcache.cache_root() / "numba")
     for k in kernels:
         path = k._cache._cache_path
@@ -42,14 +44,20 @@ def test_cache_dir_follows_evsim_cache_dir_and_numba_cache_dir_wins(tmp_path):
 
 
 def test_cache_dir_changes_with_the_inlined_helper_sources(tmp_path, monkeypatch):
-    """An edit of simd.py (inlined into the kernels) must not reuse kernels compiled from the old code."""
+    """An edit of simd.py or of a projection kind's module (compiled into the driver) must not reuse
+    kernels compiled from the old code."""
     before = jitcache._sources_digest()
-    for name in jitcache.KERNEL_SOURCES:
-        (tmp_path / name).write_bytes((jitcache.PACKAGE_DIR / name).read_bytes())
+    for pattern in jitcache.KERNEL_SOURCES:
+        for path in jitcache.PACKAGE_DIR.glob(pattern):
+            rel = path.relative_to(jitcache.PACKAGE_DIR)
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_bytes(path.read_bytes())
     monkeypatch.setattr(jitcache, "PACKAGE_DIR", tmp_path)
     assert jitcache._sources_digest() == before
-    (tmp_path / "simd.py").write_bytes((tmp_path / "simd.py").read_bytes() + b"\n# edited\n")
-    assert jitcache._sources_digest() != before
+    for edited in ("simd.py", "projections/csr.py"):
+        (tmp_path / edited).write_bytes((tmp_path / edited).read_bytes() + b"\n# edited\n")
+        assert jitcache._sources_digest() != before
+        before = jitcache._sources_digest()
 
 
 def test_other_packages_keep_numbas_default(tmp_path):
