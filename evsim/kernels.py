@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from . import jitcache
 from .intrinsics import LANES, queue16
-from .neurons import CTSN_EVENT, CTSN_STATIC, LIF_BINARY
+from .neurons import CTSN_EVENT, CTSN_STATIC, CUBA_LIF, CUBA_LIF_SUB, LIF_BINARY, LIF_BINARY_SUB
 from .projections import conv_rows, conv_taps, csr, identity
 from .projections.table import D_DST, D_MODE, D_SRC
 
@@ -87,6 +87,26 @@ def fire(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive, frame, n_chann
             p = u >= v_th
             frame[i] = p
             v[i] = tau * (zero if p else u) + drive[i]
+    elif model == LIF_BINARY_SUB:
+        for i in range(n_neurons):
+            u = v[i]
+            p = u >= v_th
+            frame[i] = p
+            v[i] = tau * u - (v_th if p else zero) + drive[i]
+    elif model == CUBA_LIF or model == CUBA_LIF_SUB:
+        # h holds the membrane's own part of v (leak, reset); the rest is the synaptic current i[t]
+        sub = model == CUBA_LIF_SUB
+        for i in range(n_neurons):
+            u = v[i]
+            p = u >= v_th
+            frame[i] = p
+            cur = u - h[i]
+            if sub:
+                m = tau * u - (v_th if p else zero)
+            else:
+                m = tau * (zero if p else u)
+            h[i] = m
+            v[i] = m + k_alpha * cur + drive[i]
     elif model == CTSN_STATIC or model == CTSN_EVENT:
         static = model == CTSN_STATIC
         for i in range(n_neurons):

@@ -14,6 +14,11 @@ ctsn_static   u[t] = tau * u~[t-1] * (1 - |o[t-1]|)
               u~[t] = h[t] + x[t];  o[t] = sign(u~) if |u~| >= v_th
 ctsn_event    as ctsn_static but
               h[t] = k_alpha*h[t-1] + k_beta*max(u[t],0) + k_gamma*min(u[t],0)
+binary_lif_sub u[t] = tau * u[t-1] - v_th * o[t-1] + x[t]
+              o[t] = 1 if u >= v_th else 0            (reset by subtraction; IF when tau = 1)
+cuba_lif      i[t] = k_syn * i[t-1] + x[t]            (current-based: synaptic state i)
+              u[t] = tau * u[t-1] * (1 - o[t-1]) + i[t];  o[t] = 1 if u >= v_th else 0
+cuba_lif_sub  as cuba_lif with u[t] = tau * u[t-1] - v_th * o[t-1] + i[t]
 
 ``k_*`` are the logistic sigmoids of the trained alpha, beta, gamma, stored
 already evaluated so that the engine and PyTorch use the very same constants.
@@ -30,6 +35,9 @@ LIF_TERNARY = 0
 LIF_BINARY = 1
 CTSN_STATIC = 2
 CTSN_EVENT = 3
+LIF_BINARY_SUB = 4
+CUBA_LIF = 5
+CUBA_LIF_SUB = 6
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,15 @@ class NeuronModel:
 
     def vector(self, params: dict) -> list[float]:
         """Constants in the fixed order the engine expects:
-        [tau, v_threshold, k_alpha, k_beta, k_gamma] (zeros where unused)."""
-        return [float(params.get(k, 0.0)) for k in ("tau", "v_threshold", "k_alpha", "k_beta", "k_gamma")]
+        [tau, v_threshold, k_alpha, k_beta, k_gamma] (zeros where unused; the CUBA models' k_syn takes
+        k_alpha's place)."""
+        return [float(params.get(k, params.get("k_syn", 0.0) if k == "k_alpha" else 0.0))
+                for k in ("tau", "v_threshold", "k_alpha", "k_beta", "k_gamma")]
 
 
 _LIF = ("tau", "v_threshold")
 _CTSN = ("tau", "v_threshold", "k_alpha", "k_beta", "k_gamma")
+_CUBA = ("tau", "v_threshold", "k_syn")
 
 NEURON_MODELS: dict[str, NeuronModel] = {
     m.name: m
@@ -79,6 +90,14 @@ NEURON_MODELS: dict[str, NeuronModel] = {
         NeuronModel("ctsn_event", CTSN_EVENT, _CTSN,
                     {"tau": 0.25, "v_threshold": 0.5, "k_alpha": 0.5, "k_beta": 0.5, "k_gamma": 0.5}, True, True, 3, 3,
                     "complemented ternary neuron, event-data form (Zhang et al. 2026)"),
+        # the NIR models (evsim/bridge/nir.py): snnTorch's Leaky/Synaptic reset mechanisms, NIR's IF and CubaLIF.
+        # cuba_*: h holds the membrane's own part (leak and reset), so that i[t] = u[t] - h.
+        NeuronModel("binary_lif_sub", LIF_BINARY_SUB, _LIF, {"tau": 0.9, "v_threshold": 1.0}, False, False, 1, 2,
+                    "binary {0,1} LIF with reset by subtraction (snnTorch's default); IF when tau = 1"),
+        NeuronModel("cuba_lif", CUBA_LIF, _CUBA, {"tau": 0.9, "v_threshold": 1.0, "k_syn": 0.8}, False, True, 2, 3,
+                    "current-based binary LIF (NIR CubaLIF, snnTorch Synaptic), reset to zero"),
+        NeuronModel("cuba_lif_sub", CUBA_LIF_SUB, _CUBA, {"tau": 0.9, "v_threshold": 1.0, "k_syn": 0.8}, False, True,
+                    2, 4, "current-based binary LIF with reset by subtraction (snnTorch Synaptic's default)"),
     )
 }
 

@@ -104,6 +104,16 @@ def simulate_one(net: Network, x: np.ndarray):
             elif pop.model == "binary_lif":
                 u[n] = prm["tau"] * u[n] * (1 - o[n]) + xin
                 o[n] = (u[n] >= prm["v_threshold"]).astype(float)
+            elif pop.model == "binary_lif_sub":
+                u[n] = prm["tau"] * u[n] - prm["v_threshold"] * o[n] + xin
+                o[n] = (u[n] >= prm["v_threshold"]).astype(float)
+            elif pop.model in ("cuba_lif", "cuba_lif_sub"):   # h[n] holds the synaptic current i
+                h[n] = prm["k_syn"] * h[n] + xin
+                if pop.model == "cuba_lif":
+                    u[n] = prm["tau"] * u[n] * (1 - o[n]) + h[n]
+                else:
+                    u[n] = prm["tau"] * u[n] - prm["v_threshold"] * o[n] + h[n]
+                o[n] = (u[n] >= prm["v_threshold"]).astype(float)
             else:  # CTSN: u[n] holds u~
                 uu = prm["tau"] * u[n] * (1 - np.abs(o[n]))
                 if pop.model == "ctsn_static":
