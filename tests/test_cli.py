@@ -253,8 +253,8 @@ def test_run_bad_options(data):
     assert_user_error(invoke("run", "-w", data["weights"], "-i", data["x"], "--energy-model", "7nm-magic"),
                       "unknown energy model '7nm-magic' (known: 45nm-fp32")
     assert_user_error(invoke("run", "-w", data["weights"], "-i", data["x"], "--dataset", "fashion-mnist"),
-                      "give exactly one of --input or --dataset")
-    assert_user_error(invoke("run", "-w", data["weights"]), "give exactly one of --input or --dataset")
+                      "give exactly one of --input, --dataset or --events")
+    assert_user_error(invoke("run", "-w", data["weights"]), "give exactly one of --input, --dataset or --events")
 
 
 def test_run_spike_input_must_be_ternary(tmp_path):
