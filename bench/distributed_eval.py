@@ -1,0 +1,128 @@
+"""evsim eval on Dask: the full Fashion-MNIST test set on 1 and 2 worker processes (one engine thread each).
+
+    python bench/distributed_eval.py [--model models/fmnist-resnet8-ternary/folded.h5] [--chunk-size 250]
+                                [--limit N] [--out bench/DISTRIBUTED.md]
+
+Measures, on this machine, each run's wall time (cluster start-up apart), and writes the figures to
+OUT (Markdown) and OUT with a .json suffix:
+
+* in-process, one engine thread (the baseline: the same chunks, no Dask);
+* a LocalCluster of 1 worker process, then of 2, one engine thread each: the speed-up 1 -> 2;
+* per-chunk overhead of Dask: (1 worker - in-process) / chunks, at the default chunk size and at a small one.
+
+Every run's predictions and totals are checked to be identical (bit for bit) to the in-process run.
+The machine's load (/proc/loadavg) is recorded before and after: on a shared machine the figures are
+only indicative. This script is separate from bench/run.py and writes nothing else. (It is not named distributed.py:
+tests put bench/ on the import path, where that name would shadow the `distributed` package.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "n/a"
+
+
+def timed_eval(label, network, data, *, workers=None, chunk_size, threads=1, limit=None):
+    from evsim.distributed import evaluate, runner
+    t0 = time.perf_counter()
+    with runner(workers=workers, threads=threads) as run:
+        t_start = time.perf_counter() - t0
+        # warm the workers: each compiles the network once (and loads Numba's cache) before the clock starts
+        evaluate(network, data, runner_=run, chunk_size=chunk_size, limit=min(chunk_size, 64), progress=False)
+        if hasattr(run, "client"):        # every worker, not only those the warm-up chunk ran on
+            from evsim.distributed import network_key, run_chunk
+            run.client.run(run_chunk, network_key(network), (), "float32", "kernel", threads, 1, data.read(0, 1))
+        t1 = time.perf_counter()
+        r = evaluate(network, data, runner_=run, chunk_size=chunk_size, limit=limit, progress=False)
+        wall = time.perf_counter() - t1
+    row = {"run": label, "workers": workers or 0, "threads_per_worker": threads, "chunk_size": chunk_size,
+           "chunks": r.chunks, "samples": r.samples, "startup_s": round(t_start, 3), "wall_s": round(wall, 3),
+           "samples_per_s": round(r.samples / wall, 1), "accuracy": r.accuracy, "load_after": loadavg()}
+    print(f"{label}: {wall:.2f} s, {r.samples / wall:.1f} samples/s (start-up {t_start:.1f} s), "
+          f"accuracy {100 * r.accuracy:.2f} %; load {row['load_after']}", file=sys.stderr)
+    return row, r
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models/fmnist-resnet8-ternary/folded.h5"))
+    ap.add_argument("--chunk-size", type=int, default=250)
+    ap.add_argument("--small-chunk", type=int, default=50, help="Chunk size of the overhead run (1 worker).")
+    ap.add_argument("--limit", type=int, help="First N test images only (default: all 10 000).")
+    ap.add_argument("--out", default=str(ROOT / "bench/DISTRIBUTED.md"))
+    a = ap.parse_args(argv)
+
+    from evsim.data import open_data
+    from evsim.format import read_network
+
+    network = read_network(a.model)
+    load_before = loadavg()
+    rows, results = [], []
+    with open_data("fashion-mnist") as src:
+        for label, workers, chunk in (("in-process", None, a.chunk_size), ("1 worker", 1, a.chunk_size),
+                                      ("2 workers", 2, a.chunk_size), ("in-process, small chunks", None, a.small_chunk),
+                                      ("1 worker, small chunks", 1, a.small_chunk)):
+            row, r = timed_eval(label, network, src, workers=workers, chunk_size=chunk, limit=a.limit)
+            rows.append(row)
+            results.append(r)
+    base = results[0]
+    for r in results[1:]:
+        assert r.report.to_dict() == base.report.to_dict(), "a distributed run differs from the in-process run"
+        assert (r.predictions == base.predictions).all(), "a distributed run differs from the in-process run"
+    inproc, one, two, inproc_small, small = rows
+    speedup = one["wall_s"] / two["wall_s"]
+    over_vs_inproc = (one["wall_s"] - inproc["wall_s"]) / one["chunks"]
+    over_small = (small["wall_s"] - inproc_small["wall_s"]) / small["chunks"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    doc = {"command": "python bench/distributed_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.processor() or platform.machine()}, "
+           f"{cores} cores usable, Python {platform.python_version()}", "model": a.model,
+           "load_before": load_before, "load_after": loadavg(), "runs": rows, "speedup_1_to_2_workers": round(speedup, 3),
+           "overhead_per_chunk_ms_vs_in_process": round(1e3 * over_vs_inproc, 2),
+           "overhead_per_chunk_ms_small_chunks": round(1e3 * over_small, 2), "identical_results": True}
+    out = Path(a.out)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = [f"# evsim eval on Dask: Fashion-MNIST test set, 1 and 2 worker processes",
+          "",
+          f"`{doc['command']}` on {doc['date']}; {doc['machine']}; model `{os.path.relpath(a.model, ROOT)}`.",
+          f"Load average (/proc/loadavg) before: `{load_before}`, after: `{doc['load_after']}`.",
+          "",
+          "| run | workers | threads each | chunk | chunks | samples | cluster start-up (s) | wall (s) | samples/s | "
+          "load after |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['run']} | {r['workers']} | {r['threads_per_worker']} | {r['chunk_size']} | {r['chunks']} | "
+                  f"{r['samples']} | {r['startup_s']} | {r['wall_s']} | {r['samples_per_s']} | `{r['load_after']}` |")
+    md += ["",
+           f"- speed-up from 1 to 2 worker processes (wall time, start-up excluded): **{speedup:.2f}x** (goal 1.8x)",
+           f"- Dask overhead per chunk (1 worker against the in-process run of the same chunks, divided by the "
+           f"chunks): {1e3 * over_vs_inproc:.1f} ms with chunks of {a.chunk_size}, {1e3 * over_small:.1f} ms with "
+           f"chunks of {a.small_chunk}",
+           "- predictions and every total identical (bit for bit) in every run",
+           "",
+           "Start-up (a LocalCluster of worker processes, each importing evsim and Numba's cached kernels, and the "
+           "network compiled once per worker in a warm-up run) is excluded from the wall times.",
+           "**Taken on a shared 2-core machine with other jobs running (see the load averages): these figures are "
+           "indicative only and must be retaken on a quiet machine.**", ""]
+    out.write_text("\n".join(md))
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
