@@ -127,6 +127,13 @@ def main():
 @click.option("--input", "-i", "input_path", type=click.Path(dir_okay=False),
               help="Samples as .npy: one sample or a batch (N, ...).")
 @click.option("--dataset", type=click.Choice(["fashion-mnist"]), help="Run a dataset's test split instead of --input.")
+@click.option("--events", "events_path", type=click.Path(),
+              help="Event-camera streams instead of --input: .npy of events (fields t, x, y, p [, sample]), "
+                   ".npz or a directory of streams, or .aedat4; binned into the network's T windows "
+                   "(docs/FORMAT.md, Event-stream input).")
+@click.option("--window-us", type=click.IntRange(min=1),
+              help="With --events: windows of this many microseconds from each sample's first event "
+                   "(default: T equal windows over each sample's span).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy, N integers) to report accuracy.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
@@ -146,8 +153,8 @@ def main():
               help="Print one JSON document instead of tables (with every sample's raw outputs).")
 @click.option("--per-sample", is_flag=True, help="With --json: every counter of every sample, not only means.")
 @user_errors
-def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, energy_model, conv_mode, threads,
-        mac_basis, as_json, per_sample):
+def run(weights, input_path, dataset, events_path, window_us, labels, limit, dtype, batch_size, top_k, energy_model,
+        conv_mode, threads, mac_basis, as_json, per_sample):
     """Simulate a folded network event by event and report what the hardware did."""
     from .compiler import compile_network
     from .format import read_network
@@ -156,11 +163,19 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
     get_energy_model(energy_model)
     if per_sample and not as_json:
         raise click.UsageError("--per-sample goes with --json")
-    if (input_path is None) == (dataset is None):
-        raise EvsimError("give exactly one of --input or --dataset")
+    if sum(v is not None for v in (input_path, dataset, events_path)) != 1:
+        raise EvsimError("give exactly one of --input, --dataset or --events")
+    if window_us is not None and events_path is None:
+        raise click.UsageError("--window-us goes with --events")
     network = read_network(weights)
     y = None
-    if dataset:
+    binning = None
+    if events_path:
+        from .events import load_events_for_network
+        x, binning = load_events_for_network(events_path, network, window_us, limit)
+        if labels:
+            y = load_array(labels, "labels")
+    elif dataset:
         from .datasets import load_dataset
         x, y = load_dataset(dataset, "test")
         if labels:
@@ -200,6 +215,8 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
         doc["accuracy"] = float((result.predictions == y).mean())
         doc["correct"] = int((result.predictions == y).sum())
     doc.update(report.to_dict())
+    if binning is not None:
+        doc["event_binning"] = binning.to_dict()
     doc["timing"] = {"compile_s": t_compile, "simulate_s": t_run, "samples_per_s": len(x) / t_run if t_run else None,
                      "compiled_bytes": net.nbytes}
     if as_json:
@@ -215,6 +232,11 @@ def run(weights, input_path, dataset, labels, limit, dtype, batch_size, top_k, e
                    + ", ".join(preds[i][0]["name"] for i in range(shown)))
     if y is not None:
         click.echo(f"accuracy: {doc['accuracy'] * 100:.2f}% ({doc['correct']}/{len(x)})")
+    if binning is not None:
+        b = doc["event_binning"]
+        click.echo(f"events: {b['events']} read, {b['binned']} in the T={g.timesteps} windows"
+                   + (f" ({b['dropped_after_last_window']} after the last)" if b["dropped_after_last_window"] else "")
+                   + f", {b['input_spikes']} input spikes after merging per pixel and window")
     click.echo("")
     click.echo(format_report(report))
     click.echo(f"  time: {t_run:.3f} s for {len(x)} samples ({len(x) / t_run:.1f} samples/s), compiled network "
@@ -285,6 +307,42 @@ def info(weights, as_json):
             click.echo(f"  {k}: {v if not isinstance(v, (dict, list)) else json.dumps(v)}")
 
 
+# ------------------------------------------------------------------ datasets
+@main.group(context_settings=CONTEXT)
+def datasets():
+    """Make datasets: synthetic event data from real images (evsim/eventcam.py)."""
+
+
+@datasets.command("nfashion-mnist")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Threshold mismatch and noise.")
+@click.option("--noise-hz", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Noise events per pixel per second.")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True,
+              help="Contrast threshold (log intensity).")
+@click.option("--refractory-us", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing files.")
+@user_errors
+def nfashion_mnist(out, split, limit, seed, noise_hz, threshold, refractory_us, force):
+    """SYNTHETIC neuromorphic Fashion-MNIST: the real images moved along three saccades (N-MNIST protocol)
+    in front of a simulated event camera. Writes SPLIT_events.npy, SPLIT_labels.npy, SPLIT_meta.json."""
+    from .datasets import write_nfashion_mnist
+    from .eventcam import CameraConfig
+    cfg = CameraConfig(noise_hz=noise_hz, threshold=threshold, refractory_us=refractory_us)
+    show = sys.stderr.isatty()
+    if show:
+        n = 10_000 if split == "test" else 60_000
+        with click.progressbar(length=min(n, limit or n), label="recording", file=sys.stderr, show_pos=True) as bar:
+            meta = write_nfashion_mnist(out, split, limit, force, seed, cfg, progress=bar.update)
+    else:
+        meta = write_nfashion_mnist(out, split, limit, force, seed, cfg)
+    click.echo(f"wrote {', '.join(meta['paths'])}: {meta['samples']} samples, {meta['events']} events "
+               f"({meta['events_per_sample_mean']:.0f} per sample), {meta['generation_s']:.1f} s; synthetic "
+               f"(real images, simulated camera)")
+
+
 # ---------------------------------------------------------------- torch side
 @main.command()
 @click.option("--arch", default="resnet8", show_default=True,
@@ -324,12 +382,31 @@ def train(out, force, **kw):
 
 
 @main.command()
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Folded network to write (.h5).")
+@click.argument("network_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "-c", type=click.Path(dir_okay=False))
+@click.option("--to", "to", type=click.Choice(["nir"]),
+              help="Write the evsim network NETWORK_FILE (.h5) as a NIR graph instead (docs/NIR.md).")
+@click.option("--dt", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="--to nir: the time step the NIR time constants are written for (snnTorch's convention).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Folded network to write (.h5), or the NIR file with --to nir.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @user_errors
-def export(checkpoint, out, force):
-    """Fold BatchNorm, amplitudes and pooling into the weights and write HDF5 (needs torch)."""
+def export(network_file, checkpoint, to, dt, out, force):
+    """Fold BatchNorm, amplitudes and pooling into the weights and write HDF5 (needs torch);
+    or, with --to nir NETWORK_FILE, write an evsim network as a NIR graph (no torch)."""
+    if to == "nir":
+        if network_file is None or checkpoint is not None:
+            raise click.UsageError("--to nir takes the evsim network file as its argument, not --checkpoint")
+        from .bridge.nir import network_to_nir
+        from .format import read_network
+        net = read_network(network_file)
+        network_to_nir(net, out, dt=dt, force=force)
+        click.echo(f"wrote {out}: NIR graph of {len(net.populations)} populations, {len(net.projections)} "
+                   f"projections (dt {dt:g}; evsim's models in the nodes' metadata)")
+        return
+    if checkpoint is None or network_file is not None:
+        raise click.UsageError("export needs --checkpoint (or --to nir NETWORK_FILE)")
     need_torch()
     from .bridge.checkpoint import load_checkpoint
     from .bridge.fold import fold_model
@@ -411,24 +488,63 @@ def convert_checkpoint(checkpoint, out, trust, force):
 
 # ------------------------------------------------ the papers' own checkpoints
 @main.command("import")
-@click.option("--from", "source", required=True, type=click.Choice(["ternary-spike", "ctsn"]),
-              help="The training code: yfguo91/Ternary-Spike or ZBX05/Enhanced-TernarySNN (CTSN).")
-@click.option("--arch", required=True,
+@click.argument("graph", required=False, type=click.Path(dir_okay=False))
+@click.option("--from", "source", required=True, type=click.Choice(["ternary-spike", "ctsn", "nir"]),
+              help="The training code: yfguo91/Ternary-Spike or ZBX05/Enhanced-TernarySNN (CTSN); or nir: "
+                   "GRAPH is a NIR file (snnTorch, Norse, Sinabs...; docs/NIR.md).")
+@click.option("--arch",
               help="ternary-spike: resnet19, resnet20, resnet20m, vgg16; ctsn: vgg11, vgg16 "
                    "(others are refused with the reason).")
-@click.option("--timesteps", "-T", required=True, type=click.IntRange(min=1, max=10_000),
-              help="T the model runs for (their --step).")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False),
+@click.option("--timesteps", "-T", type=click.IntRange(min=1, max=10_000),
+              help="T the model runs for (their --step; nir: default 10).")
+@click.option("--checkpoint", "-c", type=click.Path(dir_okay=False),
               help="state_dict saved by their training script (.pth).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Folded network to write (.h5).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Outputs (default: read off the classifier).")
 @click.option("--input-shape", help="C,H,W of one image (default: C of the first conv, 32x32).")
 @click.option("--ctsn-form", type=click.Choice(["static", "event"]), default="static", show_default=True,
               help="ctsn: the complemental term's form (their 'static', or 'dvs' = event).")
+@click.option("--dt", type=click.FloatRange(min=0, min_open=True),
+              help="nir: the time step (default: 1e-4 for snntorch, the dt of its export; 1e-3 otherwise).")
+@click.option("--discretisation", type=click.Choice(["snntorch", "norse", "exp"]), default="snntorch",
+              show_default=True, help="nir: snntorch/norse: beta = 1 - dt/tau (forward Euler); exp: exp(-dt/tau).")
+@click.option("--reset", type=click.Choice(["nir", "subtract"]), default="nir", show_default=True,
+              help="nir: reset to v_reset = 0 as NIR states it, or by subtraction (snnTorch's default "
+                   "reset_mechanism, which its export does not record).")
+@click.option("--encoding", type=click.Choice(["direct", "spikes"]), default="direct", show_default=True,
+              help="nir: the input is a real value fed every step, or a ternary spike tensor per step.")
+@click.option("--li-readout", type=click.Choice(["refuse", "mean"]), default="refuse", show_default=True,
+              help="nir: an LI/CubaLI readout becomes evsim's mean readout (its leak is not applied).")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @user_errors
-def import_(source, arch, timesteps, checkpoint, out, num_classes, input_shape, ctsn_form, force):
-    """Import a checkpoint trained with the papers' own code and fold it into an evsim network (needs torch)."""
+def import_(graph, source, arch, timesteps, checkpoint, out, num_classes, input_shape, ctsn_form, dt,
+            discretisation, reset, encoding, li_readout, force):
+    """Import a checkpoint trained with the papers' own code and fold it into an evsim network (needs torch),
+    or a NIR graph (--from nir GRAPH; no torch)."""
+    if source == "nir":
+        if graph is None:
+            raise click.UsageError("--from nir needs the NIR file: evsim import --from nir GRAPH.nir --out F.h5")
+        from .bridge.nir import nir_to_network
+        from .files import check_writable_target
+        from .format import write_network
+        shape = None
+        if input_shape:
+            try:
+                shape = tuple(int(v) for v in input_shape.split(","))
+            except ValueError:
+                raise click.BadParameter(f"{input_shape!r} is not comma-separated integers",
+                                         param_hint="--input-shape") from None
+        check_writable_target(out, force)
+        network = nir_to_network(graph, timesteps or 10, dt, discretisation, reset, shape, encoding,
+                                 li_readout == "mean")
+        write_network(network, out, overwrite=force)
+        click.echo(f"wrote {out}: NIR {graph}, T={network.timesteps}, input {tuple(network.input_shape)}, "
+                   f"{network.n_classes} outputs; {len(network.populations)} populations, "
+                   f"{len(network.projections)} projections, {network.n_params} parameters "
+                   f"({discretisation}, dt {network.provenance['dt']:g}, reset {reset})")
+        return
+    if graph is not None or arch is None or checkpoint is None or timesteps is None:
+        raise click.UsageError(f"--from {source} needs --arch, --timesteps and --checkpoint (and no GRAPH argument)")
     need_torch()
     from .bridge.papers import import_checkpoint, parse_input_shape
     from .files import check_writable_target
@@ -440,6 +556,97 @@ def import_(source, arch, timesteps, checkpoint, out, num_classes, input_shape, 
     click.echo(f"wrote {out}: {source} {arch}, T={timesteps}, input {tuple(network.input_shape)}, "
                f"{network.n_classes} outputs; {len(network.populations)} populations, "
                f"{len(network.projections)} projections, {network.n_params} parameters")
+
+
+# ------------------------------------------- whole datasets and sweeps (evsim/distributed.py)
+def _dataset_options(fn):
+    """Options shared by eval and sweep: the data, where the chunks run, the engine's settings."""
+    for opt in reversed([
+        click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False), help="Folded network (HDF5)."),
+        click.option("--data", "-d", required=True,
+                     help="fashion-mnist (test split), FILE.npy, FILE.npz[:KEY] or FILE.h5[:/PATH]; read chunk by chunk."),
+        click.option("--labels", help="Labels (N integers), in any form --data takes (a dataset brings its own)."),
+        click.option("--workers", type=click.IntRange(min=1),
+                     help="Run on a Dask LocalCluster of N worker processes (needs evsim[distributed])."),
+        click.option("--scheduler", help="Run on an existing Dask cluster: the scheduler's address (tcp://host:8786)."),
+        click.option("--chunk-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Samples per chunk (the unit of work, of progress and of resuming)."),
+        click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True),
+        click.option("--conv-mode", type=click.Choice(["kernel", "explicit"]), default="kernel", show_default=True),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="Engine threads per process (default: all cores here; cores / N with --workers N)."),
+        click.option("--energy-model", default="45nm-fp32", show_default=True),
+        click.option("--first-layer-macs", "mac_basis", type=click.Choice(["nonzero", "all"]), default="nonzero",
+                     show_default=True),
+        click.option("--progress/--no-progress", default=None,
+                     help="Chunks, samples/s and ETA on stderr (default: when stderr is a terminal)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command("eval")
+@_dataset_options
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Results file (HDF5): every sample's prediction, label, outputs and counters, and the report. "
+                   "Running again with the same --out resumes.")
+@click.option("--force", is_flag=True, help="Replace an existing --out (and discard partial results that do not fit).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (report, accuracy, confusion matrix).")
+@user_errors
+def eval_(weights, data, labels, workers, scheduler, chunk_size, limit, dtype, conv_mode, threads, energy_model,
+          mac_basis, progress, out, force, as_json):
+    """Run a network over a whole dataset, here or on a Dask cluster, with bit-identical results."""
+    from .distributed import evaluate
+    from .reports import format_report
+    r = evaluate(weights, data, labels, workers=workers, scheduler=scheduler, chunk_size=chunk_size, out=out,
+                 force=force, dtype=dtype, conv_mode=conv_mode, threads=threads, progress=progress,
+                 energy=energy_model, mac_basis=mac_basis, limit=limit)
+    doc = {"weights": str(weights), "data": str(data), "samples": r.samples, "chunks": r.chunks,
+           "chunks_resumed": r.chunks_resumed, "where": r.where, "seconds": r.seconds,
+           "samples_per_s": r.samples_per_s, "out": r.out, "accuracy": r.accuracy, "correct": r.correct,
+           "confusion": None if r.confusion is None else r.confusion.tolist()}
+    doc.update(r.report.to_dict())
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if r.accuracy is not None:
+        click.echo(f"accuracy: {100 * r.accuracy:.2f}% ({r.correct}/{r.samples})")
+    click.echo("")
+    click.echo(format_report(r.report))
+    rate = f" ({r.samples_per_s:.1f} samples/s)" if r.samples_per_s else ""
+    resumed = f", {r.chunks_resumed} resumed" if r.chunks_resumed else ""
+    click.echo(f"  run: {r.samples} samples in {r.chunks} chunks{resumed}, {r.where}, {r.seconds:.3f} s{rate}")
+    if r.out:
+        click.echo(f"wrote {r.out}")
+
+
+@main.command()
+@_dataset_options
+@click.option("--grid", "grid", multiple=True, required=True,
+              help="NAME=V1,V2,... (repeatable; every combination runs): timesteps, threshold_scale.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Table to write: OUT.csv and OUT.md (a .csv or .md suffix is dropped).")
+@click.option("--force", is_flag=True, help="Replace existing tables.")
+@user_errors
+def sweep(weights, data, labels, workers, scheduler, chunk_size, limit, dtype, conv_mode, threads, energy_model,
+          mac_basis, progress, grid, out, force):
+    """Run every point of a parameter grid over a dataset and write one table (CSV and Markdown)."""
+    from .distributed import parse_grid, sweep as run_sweep, write_table
+    from .files import check_writable_target
+    from .reports import energy_model as get_energy_model
+    get_energy_model(energy_model)
+    g = parse_grid(grid)
+    base = out[:-4] if out.lower().endswith(".csv") else out[:-3] if out.lower().endswith(".md") else out
+    for p in (base + ".csv", base + ".md"):
+        check_writable_target(p, force, "table")
+    points = run_sweep(weights, data, g, labels, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
+                       dtype=dtype, conv_mode=conv_mode, threads=threads, progress=progress, energy=energy_model,
+                       mac_basis=mac_basis, limit=limit)
+    title = f"evsim sweep: {weights} on {data} ({points[0].result.samples} samples, {dtype}, {energy_model})\n"
+    csv_path, md_path = write_table(points, base, force, title)
+    click.echo(md_path.read_text().rstrip())
+    click.echo(f"wrote {csv_path} and {md_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover
