@@ -79,59 +79,9 @@ def evsim_callable(net):
     return f
 
 
-def compared_impls(net, model, folded) -> dict:
-    """The three implementations every end-to-end case times (keys: IMPLS)."""
-    return {"evsim": evsim_callable(net), "torch_model": torch_callable(model),
-            "torch_folded": torch_callable(folded)}
-
-
-def compare_impls(impls: dict, x: np.ndarray, threads: list[int], batches: list[int], reps: int,
-                  min_samples: int, max_rep_s: float, what: str) -> dict:
-    """Throughput table: threads -> batch -> impl -> summary; plus best batch per impl and thread."""
-    table = {}
-    for th in threads:
-        set_threads(th)
-        table[th] = {}
-        for bs in batches:
-            t0 = time.perf_counter()
-            table[th][bs] = throughput(impls, x, bs, reps, min_samples, max_rep_s)
-            log(f"{what}: {th} thread(s), batch {bs}: " + ", ".join(
-                f"{k} {v['median']:.1f}/s" for k, v in table[th][bs].items()) + f" ({time.perf_counter() - t0:.1f} s)")
-    best = {}
-    for th in threads:
-        best[th] = {}
-        for k in impls:
-            bs = max(batches, key=lambda b: table[th][b][k]["median"])
-            best[th][k] = {"batch": bs, **table[th][bs][k]}
-    return {"table": table, "best": best}
-
-
-def ratios(cmp: dict, threads, batches) -> dict:
-    """evsim / PyTorch at batch 1 (same batch) and best batch vs best batch."""
-    out = {}
-    for th in threads:
-        t = cmp["table"][th]
-        b = cmp["best"][th]
-        r = {}
-        for k in ("torch_model", "torch_folded"):
-            if 1 in batches:
-                r[f"batch1_vs_{k}"] = t[1]["evsim"]["median"] / t[1][k]["median"]
-            r[f"best_vs_{k}"] = b["evsim"]["median"] / b[k]["median"]
-        fastest = max(("torch_model", "torch_folded"), key=lambda k: b[k]["median"])
-        r["fastest_torch"] = fastest
-        r["best_vs_fastest_torch"] = b["evsim"]["median"] / b[fastest]["median"]
-        if 1 in batches:
-            f1 = max(("torch_model", "torch_folded"), key=lambda k: t[1][k]["median"])
-            r["batch1_vs_fastest_torch"] = t[1]["evsim"]["median"] / t[1][f1]["median"]
-        out[th] = r
-    return out
-
-
-def explain_speed(act: dict, cmp: dict, th: int) -> dict:
-    """Why the ratio is what it is: work done (events vs dense) and speed per operation."""
-    b = cmp["best"][th]
-    ev = b["evsim"]["median"]
-    tf = b["torch_folded"]["median"]
+def explain_speed(act: dict, ev: float, tf: float, th: int) -> dict:
+    """Why the ratio is what it is: work done (events vs dense) and speed per operation.
+    ``ev``: evsim samples/s; ``tf``: the folded runner's samples/s (its best configuration)."""
     adds_per_s = act["synaptic_ops_per_sample"] * ev
     macs_per_s = act["dense_work_per_sample"] * tf
     work_ratio = act["synaptic_ops_per_sample"] / act["dense_work_per_sample"]
@@ -147,6 +97,60 @@ def explain_speed(act: dict, cmp: dict, th: int) -> dict:
         "work_ratio_needed_for_2x": need_work,
         "firing_rate_needed_for_2x_estimate": act["firing_rate"] * need_work / work_ratio,
     }
+
+
+def separate_processes(cfg: dict, what: str, tmp: Path, x: np.ndarray, networks: dict, torch_weights: str,
+                       torch_model: dict, batches: list[int], compile_batches: list[int], reps: int,
+                       min_samples: int, max_rep_s: float) -> dict:
+    """evsim and PyTorch timed in processes of their own, interleaved rounds (bench/compare.py).
+    ``networks``: label -> folded.h5 for evsim; ``torch_model``: {"checkpoint": path} or {"module": path}."""
+    from compare import baselines, compile_warmups, run_comparison, summarize_comparison, torch_configs
+    tmp.mkdir(parents=True, exist_ok=True)
+    xin = tmp / "inputs.npy"
+    np.save(xin, np.ascontiguousarray(x))
+    common = {"inputs": str(xin), "reps": reps, "min_samples": min_samples, "max_rep_s": max_rep_s}
+    configs = torch_configs(("torch_model", "torch_folded"), cfg["torch_formats"], cfg["torch_modes"], batches,
+                            compile_batches)
+    ev_spec = dict(common, networks={k: str(v) for k, v in networks.items()}, batches=list(batches))
+    t_spec = dict(common, weights=str(torch_weights), configs=configs, formats=cfg["torch_formats"],
+                  **{k: str(v) for k, v in torch_model.items()})
+    raw = run_comparison(what, cfg["base_env"], cfg["threads"], cfg["rounds"], ev_spec, t_spec, log)
+    rows = summarize_comparison(raw)
+    return {"rows": rows, "baselines": baselines(rows, cfg["threads"], batches), "load": raw["load"],
+            "warmup": compile_warmups(raw), "setup_wall_s": raw.get("setup_wall_s"), "envs": raw["envs"], "rounds": raw["rounds"], "batches": list(batches),
+            "compile_batches": list(compile_batches), "configs_searched": len(configs),
+            "setup": {k: {kk: v[kk] for kk in ("setup_s", "info", "env", "env_changed_by_imports", "errors", "warmup_s")
+                          if kk in v} for k, v in raw["setup"].items()}}
+
+
+def ratios_of(cmp: dict, net: str, threads) -> dict:
+    """The ratios the targets read: evsim (network ``net``) / PyTorch's best, best batch and batch 1."""
+    out = {}
+    for th in threads:
+        b = cmp["baselines"][th]
+        e = b["evsim"].get(net)
+        if not e:
+            continue
+        r = {"best_vs_fastest_torch": e["vs_torch_best"]["ratio"], "best_vs_fastest_torch_rounds": e["vs_torch_best"],
+             "baseline": b["torch_best"], "evsim_best": e["best"]}
+        if "vs_torch_best_eager" in e:
+            r["best_vs_best_eager"] = e["vs_torch_best_eager"]["ratio"]
+        if "batch1_vs_torch_best_batch1" in e:
+            r["batch1_vs_fastest_torch"] = e["batch1_vs_torch_best_batch1"]["ratio"]
+        if "batch1_vs_torch_best_eager_batch1" in e:
+            r["batch1_vs_best_eager"] = e["batch1_vs_torch_best_eager_batch1"]["ratio"]
+        out[th] = r
+    return out
+
+
+def explain_of(act: dict, cmp: dict, net: str, threads) -> dict:
+    out = {}
+    for th in threads:
+        b = cmp["baselines"][th]
+        e, tf = b["evsim"].get(net), b.get("best_torch_folded")
+        if e and tf:
+            out[th] = explain_speed(act, e["best"]["median"], tf["median"], th)
+    return out
 
 
 def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
@@ -269,16 +273,18 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     n_eval = max(need, cfg["shipped_eval_samples"])
     x = np.ascontiguousarray(x_all[:n_eval])
     y = y_all[:n_eval]
+    threads = cfg["threads"]
+    # timing first, each side in its own processes, while this process sits idle
+    cmp = separate_processes(cfg, f"shipped {Path(paths['dir']).name}", Path(cfg["tmp"]) / f"shipped-{Path(paths['dir']).name}",
+                             x[:need], {"evsim": paths["weights"]}, paths["weights"],
+                             {"checkpoint": paths["checkpoint"]}, cfg["shipped_batches"], cfg["compile_batches"],
+                             cfg["reps"], cfg["min_samples"], cfg["max_rep_s"])
+
     network = read_network(paths["weights"])
     net = evsim.compile_network(network, dtype="float32")
     model, ckpt = load_checkpoint(paths["checkpoint"])
     model = model.float().eval()
     folded = FoldedTorch(network)
-    impls = compared_impls(net, model, folded)
-    threads = cfg["threads"]
-    cmp = compare_impls(impls, x, threads, cfg["shipped_batches"], cfg["reps"], cfg["min_samples"],
-                        cfg["max_rep_s"], "shipped")
-
     # what the engine did, and whether all three agree (predictions, accuracy)
     set_threads(max(threads))
     res = evsim_run(net, x, batch_size=256)
@@ -296,77 +302,121 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     n_ref = min(16, len(x))
     o_ref, _ = run_folded_torch(network, torch.from_numpy(x[:n_ref]))
     o_ft = folded(torch.from_numpy(x[:n_ref])).double()
+    o_cl = FoldedTorch(network, memory_format=torch.channels_last)(torch.from_numpy(x[:n_ref])).double()
     agree["folded_runner_vs_run_folded_torch"] = {
         "samples": n_ref, "max_abs_output_diff": float((o_ft - o_ref).abs().max()),
+        "max_abs_output_diff_channels_last": float((o_cl - o_ref).abs().max()),
         "prediction_agreement": float((o_ft.argmax(1) == o_ref.argmax(1)).double().mean())}
     set_threads(1)
-    best1 = cmp["best"][1]["evsim"]["batch"] if 1 in cmp["best"] else 64
-    prof = profile_evsim(net, x[:max(best1, cfg["min_samples"], 2 * best1)], best1)
+    b1 = cmp["baselines"][1]["evsim"]["evsim"]["best"]["batch"] if 1 in cmp["baselines"] else 64
+    prof = profile_evsim(net, x[:max(b1, cfg["min_samples"], 2 * b1)], b1)
     return {"name": Path(paths["dir"]).name, "weights": str(paths["weights"]), "checkpoint": str(paths["checkpoint"]),
             "notes": paths.get("notes", []), "architecture": ckpt.get("config", {}),
             "timesteps": network.timesteps, "input_shape": list(network.input_shape),
             "compiled_nbytes": net.nbytes, "comparison": cmp,
-            "ratios": ratios(cmp, threads, cfg["shipped_batches"]), "activity": act, "agreement": agree,
-            "explain": {th: explain_speed(act, cmp, th) for th in threads}, "profile_1thread": prof}
+            "ratios": ratios_of(cmp, "evsim", threads), "activity": act, "agreement": agree,
+            "explain": explain_of(act, cmp, "evsim", threads), "profile_1thread": prof}
 
 
 # ======================================================== case 2: ResNet-19
-def build_resnet19(cfg: dict) -> dict:
+def trained_layer_rates(paths: dict | None, cfg: dict) -> tuple[dict, str]:
+    """Per-layer firing rates of the shipped (first) model: measured by the engine on test images, or
+    from its card; the ResNet-19 case carries them over stage by stage."""
+    if paths:
+        from evsim.datasets import load_fashion_mnist
+        from evsim.format import read_network
+        net = evsim.compile_network(read_network(paths["weights"]), dtype="float32")
+        x, _ = load_fashion_mnist("test")
+        set_threads(max(cfg["threads"]))
+        act = activity(net, evsim_run(net, np.ascontiguousarray(x[:256]), batch_size=64))
+        return {l["name"]: l["rate"] for l in act["layers"]}, f"{Path(paths['dir']).name} (engine, 256 test images)"
+    card = HERE.parent / "models" / "fmnist-resnet8-ternary" / "card.json"
+    c = json.loads(card.read_text())
+    return {p["name"]: p["firing_rate"] for p in c["populations"]}, f"{card} (model card)"
+
+
+def build_resnet19(cfg: dict, paths: dict | None = None) -> dict:
+    """ResNet-19 at full width, random init, calibrated twice: every layer at the sparse target
+    (``r19_target_rate``), and each layer at the shipped model's rate for its place in the network."""
+    import copy
+
     import torch
     from evsim.bridge.fold import fold_model
     from evsim.bridge.models import build_model
 
-    from synthetic import calibrate_layers
+    from synthetic import calibrate_layers, stage_layer_rates
 
     torch.manual_seed(cfg["seed"])
     model = build_model("resnet19", width=128, in_channels=3, image_size=32, timesteps=4).eval()
     rng = np.random.default_rng(cfg["seed"])
     x_cal = torch.from_numpy(rng.random((cfg["r19_calib_samples"], 3, 32, 32), dtype=np.float32))
-    set_threads(max(cfg["threads"]))
-    t0 = time.perf_counter()
-    cal = calibrate_layers(model, x_cal, cfg["r19_target_rate"], cfg["r19_bn_std"])
-    cal["seconds"] = time.perf_counter() - t0
-    log(f"case 2: calibrated every layer to {cal['target'] * 100:.1f}% (overall {cal['rate'] * 100:.1f}%) "
-        f"on {cal['samples']} samples, {cal['passes']} passes ({cal['seconds']:.1f} s)")
-    t0 = time.perf_counter()
-    network = fold_model(model, input_range=(0.0, 1.0))
-    fold_s = time.perf_counter() - t0
-    log(f"case 2: fold_model took {fold_s:.1f} s")
-    return {"model": model, "network": network, "calibration": cal, "fold_s": fold_s, "x_cal": x_cal}
+    src, src_note = trained_layer_rates(paths, cfg)
+    targets = {"trained": stage_layer_rates(src, (1, 1, 1), [n for n, _ in model.neurons()], (3, 3, 2)),
+               "sparse": cfg["r19_target_rate"]}
+    out = {"x_cal": x_cal, "settings": {}, "trained_rates_source": src_note, "trained_rates": src}
+    for label in ("sparse", "trained"):
+        m = model if label == "sparse" else copy.deepcopy(model)
+        set_threads(max(cfg["threads"]))
+        t0 = time.perf_counter()
+        cal = calibrate_layers(m, x_cal, targets[label], cfg["r19_bn_std"])
+        cal["seconds"] = time.perf_counter() - t0
+        log(f"case 2: calibrated ResNet-19 '{label}' (overall {cal['rate'] * 100:.1f}%, layers "
+            f"{min(cal['layer_rates'].values()) * 100:.1f}-{max(cal['layer_rates'].values()) * 100:.1f}%) on "
+            f"{cal['samples']} samples, {cal['passes']} passes ({cal['seconds']:.1f} s)")
+        t0 = time.perf_counter()
+        network = fold_model(m, input_range=(0.0, 1.0))
+        out["settings"][label] = {"model": m, "network": network, "calibration": cal,
+                                  "fold_s": time.perf_counter() - t0}
+    # the sparse setting also serves the linearity and memory cases
+    sp = out["settings"]["sparse"]
+    out.update(model=sp["model"], network=sp["network"], calibration=sp["calibration"], fold_s=sp["fold_s"])
+    return out
 
 
 def case_resnet19(cfg: dict, r19: dict) -> dict:
     import torch
+    from evsim.format import write_network
 
     from torch_folded import FoldedTorch
 
-    log("case 2: ResNet-19 (width 128, 32x32, T=4) at a calibrated firing rate")
-    model, network = r19["model"], r19["network"]
-    net = evsim.compile_network(network, dtype="float32")
-    folded = FoldedTorch(network)
+    log("case 2: ResNet-19 (width 128, 32x32, T=4) at the trained model's per-layer rates and at a sparse rate")
+    tmp = Path(cfg["tmp"]) / "resnet19"
+    tmp.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for label, st in r19["settings"].items():
+        files[label] = tmp / f"{label}.h5"
+        write_network(st["network"], files[label])
+    torch.save(r19["settings"]["sparse"]["model"], tmp / "sparse_model.pt")
     rng = np.random.default_rng(cfg["seed"] + 1)
     need = max(max(b, cfg["r19_min_samples"]) for b in cfg["r19_batches"])
     x = rng.random((need, 3, 32, 32), dtype=np.float32)
-    impls = compared_impls(net, model, folded)
     threads = cfg["threads"]
-    cmp = compare_impls(impls, x, threads, cfg["r19_batches"], cfg["r19_reps"], cfg["r19_min_samples"],
-                        cfg["r19_max_rep_s"], "resnet19")
+    # PyTorch's dense run costs the same at any firing rate: it is timed on the sparse setting's network
+    cmp = separate_processes(cfg, "resnet19", tmp, x, files, files["sparse"], {"module": tmp / "sparse_model.pt"},
+                             cfg["r19_batches"], cfg["r19_compile_batches"], cfg["r19_reps"], cfg["r19_min_samples"],
+                             cfg["r19_max_rep_s"])
+    settings = {}
     set_threads(max(threads))
-    n_act = min(len(x), max(2, cfg["r19_min_samples"]))
-    res = evsim_run(net, x[:n_act], batch_size=n_act)
-    act = activity(net, res)
-    out_f = folded(torch.from_numpy(x[:n_act])).numpy()
-    with torch.inference_mode():
-        out_m = model(torch.from_numpy(x[:n_act])).numpy()
-    agree = {"samples": int(n_act),
-             "agreement_evsim_torch_folded": float((res.predictions == out_f.argmax(1)).mean()),
-             "agreement_evsim_torch_model": float((res.predictions == out_m.argmax(1)).mean()),
-             "max_abs_output_diff_evsim_torch_folded": float(np.abs(res.outputs - out_f).max()),
-             "output_scale": float(np.abs(out_f).max())}
-    cal = dict(r19["calibration"])
-    return {"calibration": cal, "fold_s": r19["fold_s"], "compiled_nbytes": net.nbytes,
-            "comparison": cmp, "ratios": ratios(cmp, threads, cfg["r19_batches"]), "activity": act,
-            "agreement": agree, "explain": {th: explain_speed(act, cmp, th) for th in threads}}
+    for label, st in r19["settings"].items():
+        model, network = st["model"], st["network"]
+        net = evsim.compile_network(network, dtype="float32")
+        folded = FoldedTorch(network)
+        n_act = min(len(x), max(2, cfg["r19_min_samples"]))
+        res = evsim_run(net, x[:n_act], batch_size=n_act)
+        act = activity(net, res)
+        out_f = folded(torch.from_numpy(x[:n_act])).numpy()
+        with torch.inference_mode():
+            out_m = model(torch.from_numpy(x[:n_act])).numpy()
+        agree = {"samples": int(n_act),
+                 "agreement_evsim_torch_folded": float((res.predictions == out_f.argmax(1)).mean()),
+                 "agreement_evsim_torch_model": float((res.predictions == out_m.argmax(1)).mean()),
+                 "max_abs_output_diff_evsim_torch_folded": float(np.abs(res.outputs - out_f).max()),
+                 "output_scale": float(np.abs(out_f).max())}
+        settings[label] = {"calibration": st["calibration"], "fold_s": st["fold_s"], "compiled_nbytes": net.nbytes,
+                           "activity": act, "agreement": agree, "ratios": ratios_of(cmp, label, threads),
+                           "explain": explain_of(act, cmp, label, threads)}
+    return {"comparison": cmp, "settings": settings, "trained_rates_source": r19["trained_rates_source"],
+            "trained_rates": r19["trained_rates"], "torch_timed_on": "sparse"}
 
 
 # ============================================== case 3: synaptic kernel rate
@@ -649,6 +699,33 @@ def case_startup(cfg: dict, paths: dict) -> dict:
 
 
 # ======================================================== case 7: scaling
+def _speedup(a: dict, b: dict) -> dict:
+    return {"samples_per_s_lo": a["median"], "samples_per_s_hi": b["median"], "speedup": b["median"] / a["median"],
+            "speedup_min": b["min"] / a["max"], "speedup_max": b["max"] / a["min"]}
+
+
+def scaling_row(rows: list[dict], net: str, bs: int, lo: int, hi: int) -> dict | None:
+    """lo -> hi thread speed-up at batch ``bs``: evsim (network ``net``), and each PyTorch implementation
+    in its best configuration (format, mode) at each thread count."""
+    ev = {r["threads"]: r for r in rows if r["side"] == "evsim" and r["network"] == net and r["batch"] == bs}
+    if lo not in ev or hi not in ev:
+        return None
+    row = {"batch": bs, "evsim": _speedup(ev[lo], ev[hi])}
+    for impl in IMPLS[1:]:
+        best = {}
+        for th in (lo, hi):
+            c = [r for r in rows if r["side"] == "torch" and r["impl"] == impl and r["threads"] == th and r["batch"] == bs]
+            if c:
+                best[th] = max(c, key=lambda r: r["median"])
+        if len(best) == 2:
+            row[impl] = _speedup(best[lo], best[hi])
+            row[impl]["configs"] = [f"{best[t]['format']}, {best[t]['mode']}" for t in (lo, hi)]
+    e1 = {r["threads"]: r for r in rows if r["side"] == "evsim" and r["network"] == net and r["batch"] == 1}
+    if lo in e1 and hi in e1:
+        row["evsim_batch1_speedup"] = e1[hi]["median"] / e1[lo]["median"]
+    return row
+
+
 def case_scaling(cfg: dict, results: dict) -> dict:
     """1 -> 2 thread speed-up at the largest batch measured in cases 1 and 2 (same runs)."""
     th = sorted(cfg["threads"])
@@ -656,22 +733,16 @@ def case_scaling(cfg: dict, results: dict) -> dict:
         return {"note": "only one thread count measured"}
     lo, hi = th[0], th[-1]
     out = {"threads": [lo, hi]}
-    cases = [(c, "shipped_batches") for c in results if c.startswith("shipped")] + [("resnet19", "r19_batches")]
-    for case, key in cases:
-        if case not in results:
-            continue
-        t = results[case]["comparison"]["table"]
-        bs = max(cfg[key])
-        row = {"batch": bs, "name": results[case].get("name", case)}
-        for k in IMPLS:
-            a, b = t[lo][bs][k], t[hi][bs][k]
-            row[k] = {"samples_per_s_lo": a["median"], "samples_per_s_hi": b["median"],
-                      "speedup": b["median"] / a["median"],
-                      "speedup_min": b["min"] / a["max"], "speedup_max": b["max"] / a["min"]}
-        if 1 in cfg[key]:
-            a, b = t[lo][1]["evsim"], t[hi][1]["evsim"]
-            row["evsim_batch1_speedup"] = b["median"] / a["median"]
-        out[case] = row
+    for case in [c for c in results if c.startswith("shipped")]:
+        rows = results[case]["comparison"].get("rows")
+        if rows:
+            r = scaling_row(rows, "evsim", max(cfg["shipped_batches"]), lo, hi)
+            if r:
+                out[case] = dict(r, name=results[case].get("name", case))
+    if "resnet19" in results:
+        rows = results["resnet19"]["comparison"]["rows"]
+        for label, key in (("sparse", "resnet19"), ("trained", "resnet19:trained")):
+            r = scaling_row(rows, label, max(cfg["r19_batches"]), lo, hi)
+            if r:
+                out[key] = dict(r, name=f"resnet19 ({label} rates)")
     return out
-
-

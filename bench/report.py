@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cases import IMPL_LABEL, IMPLS
+from compare import IMPL_SHORT, describe
 from timing import fmt_stat
 
 TARGET_RATIO = 2.0
@@ -28,7 +29,7 @@ def _k(d, key):
 # ------------------------------------------------------------------ targets
 def _scaling_cases(c: dict) -> list[str]:
     """The networks of the scaling case that were measured: the shipped models, then ResNet-19."""
-    return [k for k in c if k.startswith("shipped")] + (["resnet19"] if "resnet19" in c else [])
+    return [k for k in c if k.startswith("shipped")] + [k for k in c if k.startswith("resnet19")]
 
 
 def evaluate_targets(R: dict) -> list[dict]:
@@ -36,32 +37,55 @@ def evaluate_targets(R: dict) -> list[dict]:
     cfg = R["config"]
     out = []
 
-    shipped = [(k, f"shipped model `{C[k]['name']}` (Fashion-MNIST, firing rate {_pct(C[k]['activity']['firing_rate'])})")
+    entries = [(C[k], f"shipped model `{C[k]['name']}` (Fashion-MNIST, firing rate {_pct(C[k]['activity']['firing_rate'])})")
                for k in C if k.split(":")[0] == "shipped" and "activity" in C[k]]
-    for case, label in shipped + [("resnet19", "ResNet-19 (width 128, 32x32, every layer at "
-                                                f"{_pct(cfg['r19_target_rate'], 0)})")]:
-        c = C.get(case)
-        t = {"name": f"end-to-end throughput, {label}", "target": f">= {TARGET_RATIO:g}x the faster PyTorch variant, "
-             f"both on the machine's {max(cfg['threads'])} threads, each side at its best batch (fewer threads shown "
-             "too)", "status": None, "measured": "-", "why": ""}
-        if c and "ratios" in c:
-            rs = {th: _k(c["ratios"], th) for th in cfg["threads"]}
-            t["measured"] = "; ".join(f"{th} thr: {r['best_vs_fastest_torch']:.2f}x (batch 1: "
-                                      f"{r.get('batch1_vs_fastest_torch', float('nan')):.2f}x)" for th, r in rs.items())
-            t["status"] = rs[max(cfg["threads"])]["best_vs_fastest_torch"] >= TARGET_RATIO
+    r19 = C.get("resnet19")
+    if r19 and "settings" in r19:
+        for label, st in r19["settings"].items():
+            what = ("at the shipped model's per-layer rates" if label == "trained"
+                    else f"every layer at {_pct(cfg['r19_target_rate'], 0)}")
+            entries.append((st, f"ResNet-19 (width 128, 32x32) {what}, firing rate {_pct(st['activity']['firing_rate'])}"))
+    else:
+        entries.append((r19, "ResNet-19 (width 128, 32x32, every layer at "
+                             f"{_pct(cfg['r19_target_rate'], 0)})"))
+    new = any("rows" in (C[k].get("comparison") or {}) for k in C if k.startswith(("shipped", "resnet19")))
+    for c, label in entries:
+        t = {"name": f"end-to-end throughput, {label}",
+             "target": (f">= {TARGET_RATIO:g}x PyTorch's best configuration with at most the machine's "
+                        f"{max(cfg['threads'])} threads (implementation, memory format, eager or compiled, batch), "
+                        "each side in its own process, evsim at its best batch" if new else
+                        f">= {TARGET_RATIO:g}x the faster PyTorch variant, both on the machine's "
+                        f"{max(cfg['threads'])} threads, each side at its best batch (fewer threads shown too)"),
+             "status": None, "measured": "-", "why": ""}
+        if c and "ratios" in c and c["ratios"]:
+            rs = {th: _k(c["ratios"], th) for th in cfg["threads"] if th in c["ratios"] or str(th) in c["ratios"]}
+
+            def one(th, r):
+                s_ = f"{th} thr: {r['best_vs_fastest_torch']:.2f}x"
+                rr = r.get("best_vs_fastest_torch_rounds")
+                if rr and rr.get("rounds"):
+                    s_ += f" [{rr['min']:.2f}-{rr['max']:.2f} over rounds]"
+                extra = []
+                if "best_vs_best_eager" in r:
+                    extra.append(f"vs best eager {r['best_vs_best_eager']:.2f}x")
+                if "batch1_vs_fastest_torch" in r:
+                    extra.append(f"batch 1: {r['batch1_vs_fastest_torch']:.2f}x")
+                return s_ + (f" ({'; '.join(extra)})" if extra else "")
+            t["measured"] = "; ".join(one(th, r) for th, r in rs.items())
+            top = max(rs)
+            t["status"] = rs[top]["best_vs_fastest_torch"] >= TARGET_RATIO
             a = c["activity"]
-            th = max(cfg["threads"])
-            e = _k(c["explain"], th)
-            if not t["status"]:
+            e = _k(c["explain"], top) if c.get("explain") and (top in c["explain"] or str(top) in c["explain"]) else None
+            if not t["status"] and e:
                 t["why"] = (f"firing rate {_pct(a['firing_rate'])}: evsim performs "
                             f"{a['synaptic_ops_per_sample'] / 1e6:.1f} M additions per sample, "
                             f"{_pct(e['work_ratio_adds_over_dense_macs'])} of the folded network's dense "
                             f"{a['dense_work_per_sample'] / 1e6:.1f} M MACs, but at {e['evsim_gadds_per_s']:.2f} G additions/s "
                             f"against PyTorch's {e['torch_folded_gmacs_per_s']:.1f} G MAC/s "
-                            f"({th} thr), i.e. {e['per_op_speed_ratio']:.3f}x the speed per operation. At this per-operation "
-                            f"speed, 2x needs the events to cost <= {_pct(e['work_ratio_needed_for_2x'])} "
-                            f"of the dense work (firing rate ~{_pct(e['firing_rate_needed_for_2x_estimate'])} at the "
-                            f"same layer mix).")
+                            f"({top} thr, folded runner at its best), i.e. {e['per_op_speed_ratio']:.3f}x the speed per "
+                            f"operation. At this per-operation speed, 2x needs the events to cost <= "
+                            f"{_pct(e['work_ratio_needed_for_2x'])} of the dense work (firing rate "
+                            f"~{_pct(e['firing_rate_needed_for_2x_estimate'])} at the same layer mix).")
         out.append(t)
 
     c = C.get("kernels")
@@ -163,8 +187,9 @@ def evaluate_targets(R: dict) -> list[dict]:
                 t["why"] += (f"The conv kernel alone, one sample per thread on independent data (case 3), gets "
                              f"{k2['speedup_vs_1_thread']:.2f}x from the second thread: that is what this machine's "
                              f"two vCPUs give this memory-bound work. ")
-            t["why"] += ("PyTorch's speed-up on the same runs: " + "; ".join(
-                f"{c[case].get('name', case)} {c[case]['torch_folded']['speedup']:.2f}x" for case in cases)
+            t["why"] += ("PyTorch's speed-up on the same runs (folded runner): " + "; ".join(
+                f"{c[case].get('name', case)} {c[case]['torch_folded']['speedup']:.2f}x" for case in cases
+                if "torch_folded" in c[case])
                 + f". Load average at start {la:.2f} on {R['meta']['cores']} cores"
                 + (f"; other busy processes: {', '.join(R['meta']['busy_processes'])}" if R["meta"].get("busy_processes") else "")
                 + ".")
@@ -207,6 +232,8 @@ def _ratios_lines(rat, threads):
 
 def _explain_lines(c, threads):
     a = c["activity"]
+    if "firing_rate" not in a:
+        return []
     lines = [f"Work per sample (measured by the engine): firing rate {_pct(a['firing_rate'], 2)}, "
              f"{a['spikes_per_sample'] / 1e6:.3f} M events, {a['synaptic_ops_per_sample'] / 1e6:.2f} M synaptic additions "
              f"+ {a['macs_per_sample'] / 1e6:.2f} M MACs (direct input); a dense run of the same folded network: "
@@ -221,20 +248,198 @@ def _explain_lines(c, threads):
     return lines
 
 
+
+def _rs(r, d=1):
+    """'median [min-max]' over rounds of a combined row."""
+    if not r:
+        return "-"
+    f = f"{{:.{d}f}}"
+    return f"{f.format(r['median'])} [{f.format(r['min'])}-{f.format(r['max'])}]"
+
+
+def _ratio(x):
+    if not x:
+        return "-"
+    return f"**{x['ratio']:.2f}x** [{x['min']:.2f}-{x['max']:.2f}]"
+
+
+def _comparison_lines(cmp: dict, threads, nets: dict) -> list[str]:
+    """The separate-process comparison: headline ratios, evsim table, PyTorch's search, load, checks."""
+    rows, base = cmp["rows"], cmp["baselines"]
+    batches = cmp["batches"]
+    L = [f"Each side in processes of its own (one per side and thread count, `bench/worker.py`), "
+         f"{cmp['rounds']} interleaved round(s) (evsim first in odd rounds, PyTorch first in even ones), each "
+         "configuration timed in every round; a figure is the **median over rounds of the per-round medians "
+         "[range of the per-round medians]**, samples/s. Ratios are taken round by round (same round) and shown "
+         "as the ratio of the medians [range over rounds]. The baseline at N threads is PyTorch's best "
+         "configuration using at most N threads.", ""]
+    L += ["| threads | network | evsim, best batch | PyTorch's best (baseline) | evsim / baseline | "
+          "PyTorch's best eager | evsim / best eager | evsim, batch 1 | PyTorch's best at batch 1 | "
+          "evsim / it, batch 1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for th in threads:
+        b = _k(base, th)
+        for net, title in nets.items():
+            e = b["evsim"].get(net)
+            if not e:
+                continue
+            tb, te, t1 = b.get("torch_best"), b.get("torch_best_eager"), b.get("torch_best_batch1")
+            L.append(f"| {th} | {title} | {_rs(e['best'])} @ batch {e['best']['batch']} | "
+                     f"{_rs(tb)} ({describe(tb) if tb else '-'}) | {_ratio(e.get('vs_torch_best'))} | "
+                     f"{_rs(te)} ({describe(te) if te else '-'}) | {_ratio(e.get('vs_torch_best_eager'))} | "
+                     f"{_rs(e.get('batch1'))} | {_rs(t1)} ({describe(t1) if t1 else '-'}) | "
+                     f"{_ratio(e.get('batch1_vs_torch_best_batch1'))} |")
+    # evsim per batch
+    L += ["", "evsim float32, samples/s per batch size:", "",
+          "| threads | network | " + " | ".join(f"batch {bs}" for bs in batches) + " |",
+          "|---|---|" + "---|" * len(batches)]
+    for th in threads:
+        for net, title in nets.items():
+            cells = []
+            for bs in batches:
+                r = next((r for r in rows if r["side"] == "evsim" and r["network"] == net and r["threads"] == th
+                          and r["batch"] == bs), None)
+                cells.append(_rs(r))
+            L.append(f"| {th} | {title} | " + " | ".join(cells) + " |")
+    # PyTorch search
+    warm = cmp.get("warmup", {})
+    L += ["", f"PyTorch, every configuration searched ({cmp['configs_searched']} per thread count; compiled "
+              f"= `torch.compile(dynamic=False)` (inductor) per batch size, compiled at batch "
+              f"{', '.join(map(str, cmp['compile_batches']))}), samples/s; the compile column is the warm-up "
+              "of each compiled graph (first call minus second call), excluded from every timing:", "",
+          "| threads | implementation | format | mode | " + " | ".join(f"batch {bs}" for bs in batches)
+          + " | compile warm-up s |", "|---|---|---|---|" + "---|" * len(batches) + "---|"]
+    keys = sorted({(r["threads"], r["impl"], r["format"], r["mode"]) for r in rows if r["side"] == "torch"},
+                  key=lambda k: (k[0], k[1], k[2] != "contiguous", k[3] != "eager", k[3]))
+    for th, impl, fmt, mode in keys:
+        cells = []
+        for bs in batches:
+            r = next((r for r in rows if r["side"] == "torch" and (r["threads"], r["impl"], r["format"], r["mode"], r["batch"])
+                      == (th, impl, fmt, mode, bs)), None)
+            best = _k(base, th).get("torch_best")
+            mark = "**" if r and best and all(r[k] == best[k] for k in ("threads", "impl", "format", "mode", "batch")) else ""
+            cells.append(f"{mark}{_rs(r)}{mark}" if r else "-")
+        w = (warm.get(str(th)) or warm.get(th) or {}).get("per_config", {})
+        ws = [v for k, v in w.items() if k.startswith(f"{impl}|{fmt}|{mode}@")]
+        L.append(f"| {th} | {IMPL_SHORT.get(impl, impl)} | {fmt} | {mode} | " + " | ".join(cells)
+                 + f" | {', '.join(f'{v:.1f}' for v in ws) if ws else '-'} |")
+    errs = {th: v.get("errors") for th, v in warm.items() if v.get("errors")}
+    if errs:
+        L += ["", "Configurations that failed to build or compile: " + "; ".join(
+            f"{th} thr: " + ", ".join(f"{k} ({e})" for k, e in v.items()) for th, v in errs.items())]
+    tot = [v["total_s"] for v in warm.values()]
+    if tot:
+        L += ["", f"Compile warm-up in all: {sum(tot):.0f} s over the thread counts; the workers were set up "
+                  f"concurrently (all sides and thread counts at once, before any timing: "
+                  f"{cmp.get('setup_wall_s') or float('nan'):.0f} s wall), so these are wall times under that "
+                  "load. TorchInductor's on-disk cache makes a second run of the benchmark compile faster."]
+    # load during the timing
+    ld = [x for x in cmp.get("load", []) if x.get("other_cores") == x.get("other_cores")]
+    if ld:
+        oc = [x["other_cores"] for x in ld]
+        L += ["", f"Load while the sides were timing (from `/proc/stat`, CPU time of everything but the worker being "
+                  f"timed, in cores): mean {sum(oc) / len(oc):.2f}, max {max(oc):.2f}; 1-minute load average "
+                  f"{min(x['loadavg_1min_before'] for x in ld):.2f}-{max(x['loadavg_1min_after'] for x in ld):.2f}."]
+    # environment checks
+    chk = []
+    for k, v in sorted(cmp.get("setup", {}).items()):
+        side, th = k.split("/")
+        info = v.get("info", {})
+        ch = v.get("env_changed_by_imports") or {}
+        ev_ch = info.get("env_changed_by_evsim_imports", ch)
+        if side == "evsim":
+            chk.append(f"evsim {th} thr: torch imported {info.get('torch_imported')}, threading layer "
+                       f"{info.get('numba_threading_layer')}, environment variables changed by importing evsim: "
+                       f"{sorted(ev_ch) or 'none'}")
+        else:
+            own = info.get("env_changed_by_torch_itself")
+            chk.append(f"PyTorch {th} thr: {info.get('torch_threads')} intra-op / {info.get('torch_interop_threads')} "
+                       f"inter-op threads, a Numba thread pool loaded {info.get('numba_pool_loaded')}, environment "
+                       f"variables changed by importing evsim (for the models and the folded network): "
+                       f"{sorted(ev_ch) or 'none'}" + (f" (PyTorch's inductor sets {', '.join(own)} itself)" if own else ""))
+    if chk:
+        L += ["", "Process checks: " + "; ".join(chk) + "."]
+    return L
+
+
+def _resnet19_lines(c: dict, cfg: dict, th) -> list[str]:
+    L = ["", "## 2. ResNet-19, full width, random inputs at calibrated firing rates", "",
+         "`build_model('resnet19', width=128, in_channels=3, image_size=32, timesteps=4)`, random init (seed "
+         f"{cfg['seed']}), calibrated twice (`bench/synthetic.py: calibrate_layers`): every BatchNorm set from the input "
+         "it receives on the calibration samples (uniform in [0, 1]) to output std "
+         f"{cfg['r19_bn_std']:g}, and the shift (BN bias) feeding each spiking layer bisected, layer after layer, for "
+         "that layer's target rate. **trained**: each layer at the rate of the shipped model's layer at the same place "
+         f"(stem to stem, a block's sn1 / sn2 to the same neuron of the shipped model's block in that stage; rates "
+         f"from {c.get('trained_rates_source', '-')}); **sparse**: every layer at {_pct(cfg['r19_target_rate'])}. "
+         "PyTorch's dense run costs the same at any rate; it is timed once, on the "
+         f"{c.get('torch_timed_on', 'sparse')} setting's model and folded network, and is the baseline of both.", "",
+         "| layer | target (trained) | evsim (trained) | target (sparse) | evsim (sparse) |", "|---|---|---|---|---|"]
+    st = c["settings"]
+    tr, sp = st.get("trained"), st.get("sparse")
+    names = [l["name"] for l in (tr or sp)["activity"]["layers"]]
+
+    def rate(s_, n):
+        return next((l["rate"] for l in s_["activity"]["layers"] if l["name"] == n), float("nan")) if s_ else float("nan")
+
+    def tgt(s_, n):
+        if not s_:
+            return float("nan")
+        t = s_["calibration"]["target"]
+        return t.get(n, float("nan")) if isinstance(t, dict) else t
+    for n in names:
+        L.append(f"| {n} | {_pct(tgt(tr, n))} | {_pct(rate(tr, n))} | {_pct(tgt(sp, n))} | {_pct(rate(sp, n))} |")
+    L.append("| overall | | " + (_pct(tr["activity"]["firing_rate"]) if tr else "-") + " | | "
+             + (_pct(sp["activity"]["firing_rate"]) if sp else "-") + " |")
+    for label, s_ in st.items():
+        cal = s_["calibration"]
+        L += ["", f"{label}: {cal['passes']} partial forward passes on {cal['samples']} samples, {cal['seconds']:.1f} s; "
+                  f"compiled network {s_['compiled_nbytes'] / 2**20:.1f} MiB; same answers on {s_['agreement']['samples']} "
+                  f"samples: evsim vs PyTorch folded {_pct(s_['agreement']['agreement_evsim_torch_folded'])}, max |output "
+                  f"difference| {s_['agreement']['max_abs_output_diff_evsim_torch_folded']:.3g} (outputs up to "
+                  f"{s_['agreement']['output_scale']:.3g})."]
+    L += [""]
+    L += _comparison_lines(c["comparison"], th, {k: f"{k} rates" for k in st})
+    for label, s_ in st.items():
+        L += ["", f"**{label} rates.** "]
+        L += _explain_lines(s_, [t for t in th if t in s_["explain"] or str(t) in s_["explain"]])
+    return L
+
+
 def write_markdown(R: dict, path) -> str:
     meta, cfg, C = R["meta"], R["config"], R["cases"]
     th = cfg["threads"]
     L = ["# evsim benchmark results", ""]
     L += [f"Command: `{R['command']}`" + (" (quick mode: fewer repetitions and batch sizes)" if cfg["quick"] else ""), ""]
+    ls = meta.get("lscpu") or {}
+    ids = meta.get("cpu_ids") or {}
     L += ["| | |", "|---|---|",
-          f"| machine | {meta['cpu_model']} ({meta['simd']}; caches per core: {meta.get('caches', '-')}) |",
-          f"| cores | {meta['cores']} ({meta['cores_usable']} usable); threads compared: {', '.join(map(str, th))} |",
+          f"| machine | {meta['cpu_model']} (caches per core: {meta.get('caches', '-')}"
+          + (f"; L3 {ls['L3 cache']}" if ls.get("L3 cache") else "") + (f"; {ls['Hypervisor vendor']} guest" if ls.get(
+              "Hypervisor vendor") else "") + ") |",
+          f"| microarchitecture | {meta.get('microarchitecture', '-')}"
+          + (f" (vendor {ids.get('vendor')}, family {ids.get('family')}, model {ids.get('model')}, stepping "
+             f"{ids.get('stepping')})" if ids else "") + " |",
+          f"| vector ISA flags | {meta['simd']} |",
+          f"| cores | {meta['cores']} ({meta['cores_usable']} usable"
+          + (f"; {ls.get('Thread(s) per core')} thread(s) per core, {ls.get('Core(s) per socket')} core(s) per socket, "
+             f"{ls.get('Socket(s)')} socket(s)" if ls else "") + f"); threads compared: {', '.join(map(str, th))} |",
           f"| date | {meta['date']} |",
           f"| versions | Python {meta['python']}, numba {meta['numba']} (threading layer {meta.get('numba_threading_layer')}), "
-          f"torch {meta['torch']}, numpy {meta['numpy']}, scipy {meta['scipy']} |",
-          f"| OMP_WAIT_POLICY | {meta['OMP_WAIT_POLICY']} |",
-          f"| OPENBLAS_NUM_THREADS | {meta.get('OPENBLAS_NUM_THREADS')} (NumPy's BLAS, used by neither timed side) |",
-          f"| load average (1 min) | {meta['load_average_start'][0]:.2f} at start, {meta.get('load_average_end', [float('nan')])[0]:.2f} at end |",
+          f"torch {meta['torch']}, numpy {meta['numpy']}, scipy {meta['scipy']} |"]
+    if "env_torch_side" in meta:
+        ev = ", ".join(f"{k}={v}" for k, v in meta["env_evsim_side"].items() if v is not None) or "none"
+        tv = ", ".join(f"{k}={v}" for k, v in meta["env_torch_side"].items() if v is not None) or "none set"
+        L += [f"| environment, PyTorch processes | the benchmark's own, untouched ({tv}) |",
+              f"| environment, evsim processes | the same plus evsim's own setting: {ev} (what the `evsim` command "
+              "sets for itself; a value already in the environment wins) |",
+              f"| this (parent) process | OPENBLAS_NUM_THREADS={meta.get('OPENBLAS_NUM_THREADS')} for its own NumPy "
+              "bookkeeping; it times nothing of the comparison |"]
+    else:
+        L += [f"| OMP_WAIT_POLICY | {meta['OMP_WAIT_POLICY']} |",
+              f"| OPENBLAS_NUM_THREADS | {meta.get('OPENBLAS_NUM_THREADS')} (NumPy's BLAS, used by neither timed side) |"]
+    L += [f"| load average (1 min) | {meta['load_average_start'][0]:.2f} at start, "
+          f"{meta.get('load_average_end', [float('nan')])[0]:.2f} at end"
+          + (f" (5 min: {meta['load_average_start'][1]:.2f} / {meta.get('load_average_end', [0, float('nan')])[1]:.2f})"
+             if len(meta['load_average_start']) > 1 else "") + " |",
           f"| wall time of the suite | {meta.get('suite_s', float('nan')):.0f} s |"]
     if meta.get("model_dir"):
         L.insert(len(L) - 1, f"| shipped model directory | `{meta['model_dir']}` |")
@@ -243,9 +448,23 @@ def write_markdown(R: dict, path) -> str:
     if meta.get("busy_processes"):
         L += ["", f"**Warning: the machine was busy** while this ran ({', '.join(meta['busy_processes'])}); "
                   "timings, above all the 2-thread ones, are noisy."]
-    L += ["", "Throughputs are samples/s as **median [min-max] over the repetitions** (quartiles and every repetition "
-              "are in `results.json`). evsim and PyTorch run in the same process, on the same inputs, with the same "
-              "number of threads (`numba.set_num_threads` = `torch.set_num_threads`), their repetitions interleaved.", ""]
+    if "env_torch_side" in meta:
+        L += ["", "Cases 1 and 2 time evsim and PyTorch **each in processes of its own** (one per side and thread "
+                  "count, the environment as above), on the same inputs, in interleaved rounds; PyTorch is searched "
+                  "over its configurations (trained model or folded runner, contiguous or channels-last, eager or "
+                  "`torch.compile`, batch size, thread count) and its **best configuration with at most N threads is "
+                  "the baseline of the N-thread ratios**; the best eager figures stay beside it. Other tables: "
+                  "samples/s or times as median [min-max] over repetitions (every repetition in `results.json`).", ""]
+        modes = cfg.get("torch_modes", [])
+        L += [f"PyTorch modes searched: {', '.join(modes)}." + (
+            "" if any(m.startswith("max-autotune") for m in modes) else
+            " `torch.compile(mode=\"max-autotune-no-cudagraphs\")` is not searched by default (add it with "
+            "`--torch-modes eager,compile,max-autotune-no-cudagraphs`): tried on the ResNet-8 models while this "
+            "benchmark was written, it took longer to compile and was not faster than the default mode."), ""]
+    else:
+        L += ["", "Throughputs are samples/s as **median [min-max] over the repetitions** (quartiles and every repetition "
+                  "are in `results.json`). evsim and PyTorch run in the same process, on the same inputs, with the same "
+                  "number of threads (`numba.set_num_threads` = `torch.set_num_threads`), their repetitions interleaved.", ""]
 
     L += ["## Targets", "", "| target | goal | measured | status |", "|---|---|---|---|"]
     for t in R["targets"]:
@@ -269,9 +488,12 @@ def write_markdown(R: dict, path) -> str:
         L += ["", "PyTorch model = the trained, unfolded network (`load_checkpoint`, eval, `inference_mode`); PyTorch folded = "
                   "the folded network evsim runs, executed densely by `bench/torch_folded.py` (each layer for all T "
                   "steps at once, direct-input conv once).", ""]
-        L += _throughput_table(c["comparison"], th, cfg["shipped_batches"])
-        L += ["", "Ratios (evsim throughput / PyTorch throughput; > 1 means evsim is faster):", ""]
-        L += _ratios_lines(c["ratios"], th)
+        if "rows" in c["comparison"]:
+            L += _comparison_lines(c["comparison"], th, {"evsim": "evsim float32"})
+        else:     # results.json of the earlier, single-process benchmark
+            L += _throughput_table(c["comparison"], th, cfg["shipped_batches"])
+            L += ["", "Ratios (evsim throughput / PyTorch throughput; > 1 means evsim is faster):", ""]
+            L += _ratios_lines(c["ratios"], th)
         g = c["agreement"]
         L += ["", f"Same answers: on {g['samples']} test images, accuracy evsim {_pct(g['accuracy_evsim'], 2)}, PyTorch model "
                   f"{_pct(g['accuracy_torch_model'], 2)}, PyTorch folded {_pct(g['accuracy_torch_folded'], 2)}; "
@@ -283,7 +505,7 @@ def write_markdown(R: dict, path) -> str:
                   f"{v['samples']} images: max |output difference| {v['max_abs_output_diff']:.2g}, predictions "
                   f"{_pct(v['prediction_agreement'])} equal."]
         L += [""]
-        L += _explain_lines(c, th)
+        L += _explain_lines(c, [t for t in th if t in c["explain"] or str(t) in c["explain"]])
         p = c["profile_1thread"]
         L += ["", f"Where evsim's time goes (1 thread, batch {p['batch']}, {p['samples']} samples, "
                   f"{1e3 * p['total_s'] / p['samples']:.2f} ms/sample; the engine's step-by-step path, which runs the "
@@ -294,7 +516,9 @@ def write_markdown(R: dict, path) -> str:
             L.append(f"| {k} | {_pct(v)} | {p['ms_per_sample'][k]:.3f} | {p['calls_per_batch'].get(k, '-')} |")
 
     c = C.get("resnet19")
-    if c:
+    if c and "settings" in c:
+        L += _resnet19_lines(c, cfg, th)
+    elif c:
         cal, a = c["calibration"], c["activity"]
         L += ["", "## 2. ResNet-19, full width, random inputs at a calibrated firing rate", "",
               "`build_model('resnet19', width=128, in_channels=3, image_size=32, timesteps=4)`, random init (seed "
@@ -374,8 +598,9 @@ def write_markdown(R: dict, path) -> str:
         ts = c.get("torch_folded_seconds_per_sample")
         if ts:
             L += ["", f"PyTorch's dense run of the folded network does not depend on the firing rate: "
-                      f"{ts['median'] * 1e3:.1f} ms/sample (1 thread, batch {c['batch']}, median), the reference of "
-                      "the last column."]
+                      f"{ts['median'] * 1e3:.1f} ms/sample (1 thread, batch {c['batch']}, median; eager, contiguous, "
+                      "timed in this process: a rough reference for the last column, not the separate-process "
+                      "baseline of sections 1 and 2)."]
         if fe:
             fo = c["fit_synaptic_ops"]
             L += ["", f"Least squares: time = {fe['a_s'] * 1e3:.2f} ms + {fe['b_s_per_unit'] * 1e9:.2f} ns x events "
@@ -453,13 +678,16 @@ def write_markdown(R: dict, path) -> str:
         lo, hi = c["threads"]
         L += ["", f"## 7. Scaling: {lo} -> {hi} threads at a large batch", "",
               "From the runs of cases 1 and 2 (same repetitions): speed-up = median at "
-              f"{hi} threads / median at {lo} thread (range: worst-best pairing of repetitions).", "",
+              f"{hi} threads / median at {lo} thread (range: worst-best pairing of repetitions, or of the "
+              "per-round medians where each side ran in its own processes; each PyTorch implementation in its best "
+              "configuration at each thread count).", "",
               "| network | batch | " + " | ".join(IMPL_LABEL[k] for k in IMPLS) + " | evsim at batch 1 |",
               "|---|---|" + "---|" * len(IMPLS) + "---|"]
         for case in _scaling_cases(c):
             r = c[case]
             L.append(f"| {r.get('name', case)} | {r['batch']} | " + " | ".join(
-                f"{r[k]['speedup']:.2f}x [{r[k]['speedup_min']:.2f}-{r[k]['speedup_max']:.2f}]" for k in IMPLS)
+                (f"{r[k]['speedup']:.2f}x [{r[k]['speedup_min']:.2f}-{r[k]['speedup_max']:.2f}]" if k in r else "-")
+                for k in IMPLS)
                 + f" | {r.get('evsim_batch1_speedup', float('nan')):.2f}x |")
         L += ["", "evsim splits a batch over threads by sample (one group of samples per thread in one `prange` of the "
                   "fused driver), so batch 1 runs on one thread whatever the setting. The driver makes no BLAS call: "

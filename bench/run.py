@@ -6,18 +6,21 @@ One run measures every case and writes RESULTS.md (tables, targets met / not
 met, explanations) and results.json (every repetition) next to it:
 
 1. the shipped trained model on Fashion-MNIST test images: evsim float32 vs
-   PyTorch (the trained unfolded model, and the folded network run densely),
-   batch 1 and the best batch of each side, 1 and 2 threads;
-2. ResNet-19 at full width, random inputs, BatchNorm set for a realistic
-   firing rate (~12 %), same comparison;
+   PyTorch at its best (the trained unfolded model and the folded network run
+   densely; contiguous and channels-last; eager and torch.compile; every batch
+   size), each side in processes of its own, interleaved rounds
+   (bench/compare.py, bench/worker.py), at 1 and 2 threads;
+2. ResNet-19 at full width, random inputs, BatchNorm set so that each layer
+   fires as the shipped model's layer at its place (68-87 %), and at a sparse
+   12 % in every layer; same comparison;
 3. synaptic additions per second of the conv scatter kernel alone;
 4. time per sample against the number of events, rates ~2-40 %;
 5. peak memory of a run and the compiled size, kernel vs explicit CSR;
 6. start-up of the ``evsim run`` command, cold and warm JIT cache;
 7. 1 -> 2 thread scaling at a large batch.
 
-``--quick`` (about 5 minutes on 2 cores) uses fewer repetitions and batch sizes; the
-full run takes under ~10 minutes on 2 cores. ``--cases`` runs a subset.
+``--quick`` uses fewer rounds, repetitions and batch sizes; ``--cases`` runs a subset.
+The first run on a machine also fills the TorchInductor cache (compilations; later runs reuse it).
 """
 
 from __future__ import annotations
@@ -35,18 +38,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-# as evsim.kernels does, before Numba's OpenMP layer loads (a user's own setting wins)
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# The environment the benchmark was started with: what the PyTorch processes get, untouched (the
+# evsim processes get it plus evsim's own settings, bench/compare.py: EVSIM_ENV).
+BASE_ENV = dict(os.environ)
 
 # The benchmark's own NumPy bookkeeping (fits, statistics) must not leave OpenBLAS worker threads
 # spinning on the cores the timed code runs on (measured: such spinning halved evsim's two-thread
-# speed). Neither timed side uses NumPy's BLAS: evsim has no BLAS call, PyTorch has its own.
+# speed). Only this process: the timed sides run in processes of their own (BASE_ENV).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+TORCH_SEARCH = dict(torch_formats=["contiguous", "channels_last"], torch_modes=["eager", "compile"])
 QUICK = dict(
-    quick=True, seed=0, threads=[1, 2],
-    shipped_batches=[1, 16, 64], reps=3, min_samples=32, max_rep_s=3.0, shipped_eval_samples=256,
-    r19_batches=[1, 4, 16, 32], r19_reps=3, r19_min_samples=2, r19_max_rep_s=4.0, r19_calib_samples=2,
+    quick=True, seed=0, threads=[1, 2], rounds=2, **TORCH_SEARCH,
+    shipped_batches=[1, 16, 64], compile_batches=[64], reps=3, min_samples=32, max_rep_s=3.0,
+    shipped_eval_samples=256,
+    r19_batches=[1, 4], r19_compile_batches=[4], r19_reps=2, r19_min_samples=2, r19_max_rep_s=4.0,
+    r19_calib_samples=2,
     r19_target_rate=0.12, r19_bn_std=0.12,
     kern_cout=[16, 32, 64, 128], kern_reps=5, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
     kern_shapes=[[256, 256, 16], [512, 512, 8]],
@@ -55,9 +62,11 @@ QUICK = dict(
     start_cold=1, start_warm=3,
 )
 FULL = dict(
-    quick=False, seed=0, threads=[1, 2],
-    shipped_batches=[1, 16, 64, 256], reps=5, min_samples=64, max_rep_s=5.0, shipped_eval_samples=1024,
-    r19_batches=[1, 4, 8, 16, 32], r19_reps=5, r19_min_samples=4, r19_max_rep_s=6.0, r19_calib_samples=4,
+    quick=False, seed=0, threads=[1, 2], rounds=3, **TORCH_SEARCH,
+    shipped_batches=[1, 16, 64, 256], compile_batches=[1, 64], reps=3, min_samples=64, max_rep_s=5.0,
+    shipped_eval_samples=1024,
+    r19_batches=[1, 4], r19_compile_batches=[4], r19_reps=3, r19_min_samples=2, r19_max_rep_s=6.0,
+    r19_calib_samples=4,
     r19_target_rate=0.12, r19_bn_std=0.12,
     kern_cout=[16, 32, 64, 128], kern_reps=9, kern_samples=1, kern_densities=[0.01, 0.03, 0.3],
     kern_shapes=[[256, 256, 16], [512, 512, 8]],
@@ -114,7 +123,8 @@ def jsonable(o):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions and batch sizes (about 5 minutes on 2 cores)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds, repetitions and batch sizes (about 10 minutes on a quiet 2-core "
+                                                        "machine once TorchInductor's cache is warm)")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown report (results.json goes beside it)")
     ap.add_argument("--json", dest="json_out", help="JSON results (default: results.json beside --out)")
     ap.add_argument("--model-dir", action="append",
@@ -123,6 +133,9 @@ def main(argv=None):
                          "models/fmnist-resnet8-ternary)")
     ap.add_argument("--threads", default="1,2", help="thread counts to compare (default 1,2)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    ap.add_argument("--rounds", type=int, help="interleaved evsim / PyTorch rounds (default 2 quick, 3 full)")
+    ap.add_argument("--torch-modes", help="PyTorch modes searched (default eager,compile; also e.g. "
+                                          "max-autotune-no-cudagraphs)")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="measure nothing: rewrite the report (--out) from a results.json of an earlier run")
     args = ap.parse_args(argv)
@@ -135,7 +148,6 @@ def main(argv=None):
         return 0
 
     import numba
-    import torch
 
     from cases import (build_resnet19, case_kernels, case_linearity, case_memory, case_resnet19, case_scaling,
                        case_shipped, case_startup, log)
@@ -144,6 +156,10 @@ def main(argv=None):
 
     cfg = dict(QUICK if args.quick else FULL)
     cfg["threads"] = sorted({int(t) for t in args.threads.split(",")})
+    if args.rounds:
+        cfg["rounds"] = max(1, args.rounds)
+    if args.torch_modes:
+        cfg["torch_modes"] = [m.strip() for m in args.torch_modes.split(",") if m.strip()]
     if max(cfg["threads"]) > numba.config.NUMBA_NUM_THREADS:
         log(f"only {numba.config.NUMBA_NUM_THREADS} threads available; dropping larger thread counts")
         cfg["threads"] = [t for t in cfg["threads"] if t <= numba.config.NUMBA_NUM_THREADS] or [1]
@@ -153,7 +169,6 @@ def main(argv=None):
         raise SystemExit(f"error: unknown case(s) {', '.join(bad)} (known: {', '.join(CASES)})")
     out = Path(args.out)
     json_out = Path(args.json_out) if args.json_out else out.with_name("results.json")
-    torch.set_num_interop_threads(1)
 
     t_start = time.perf_counter()
     meta = machine_info()
@@ -164,6 +179,14 @@ def main(argv=None):
     R = {"command": cmd, "meta": meta, "config": cfg, "cases": {}, "errors": {}}
 
     tmp = Path(tempfile.mkdtemp(prefix="evsim-bench-"))
+    cfg["tmp"] = str(tmp)
+    cfg["base_env"] = BASE_ENV
+    from compare import EVSIM_ENV
+    meta["env_torch_side"] = {k: BASE_ENV.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT",
+                                                           "KMP_BLOCKTIME", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    meta["env_evsim_side"] = {k: BASE_ENV.get(k, v) for k, v in EVSIM_ENV.items()}
+    meta["env_evsim_side"].update({k: BASE_ENV.get(k) for k in ("NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS",
+                                                                "NUMBA_CPU_NAME")})
     r19 = None
     try:
         dirs = args.model_dir or [str(HERE.parent / "models" / "fmnist-resnet8-ternary")]
@@ -196,7 +219,7 @@ def main(argv=None):
         if {"resnet19", "linearity"} & set(wanted):
             t0 = time.perf_counter()
             try:
-                r19 = build_resnet19(cfg)
+                r19 = build_resnet19(cfg, paths)
                 log(f"ResNet-19 built, calibrated and folded in {time.perf_counter() - t0:.1f} s")
             except Exception as e:
                 traceback.print_exc()
@@ -212,6 +235,8 @@ def main(argv=None):
     finally:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
+        cfg.pop("base_env", None)
+        cfg.pop("tmp", None)
 
     try:
         meta["numba_threading_layer"] = numba.threading_layer()

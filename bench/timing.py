@@ -137,6 +137,68 @@ def cache_sizes() -> str:
     return ", ".join(out) or "-"
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_bf16")
+
+
+def cpu_ids() -> dict:
+    """Vendor, family, model, stepping from /proc/cpuinfo (what tells microarchitectures apart)."""
+    keys = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping"}
+    out = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k in keys:
+                    out[keys[k]] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def microarchitecture(ids: dict, llvm_name: str | None = None) -> str:
+    """A name for the core: LLVM's host CPU name (what Numba generates code for) and, for the
+    common server parts, the family/model reading (AMD family 25 model 0x10-0x1f, 0x90-0xaf: Zen 4)."""
+    fam, mod = ids.get("family"), ids.get("model")
+    guess = None
+    try:
+        fam, mod = int(fam), int(mod)
+    except (TypeError, ValueError):
+        fam = mod = None
+    if ids.get("vendor") == "AuthenticAMD" and fam is not None:
+        if fam == 25:
+            guess = "Zen 4" if (0x10 <= mod <= 0x1f or 0x60 <= mod <= 0x7f or 0xa0 <= mod <= 0xaf) else "Zen 3"
+        elif fam == 26:
+            guess = "Zen 5"
+        elif fam == 23:
+            guess = "Zen / Zen 2"
+    elif ids.get("vendor") == "GenuineIntel" and fam == 6:
+        guess = {85: "Skylake-SP / Cascade Lake", 106: "Ice Lake-SP", 143: "Sapphire Rapids", 207: "Emerald Rapids",
+                 173: "Granite Rapids", 175: "Sierra Forest"}.get(mod)
+    parts = [p for p in (guess, f"LLVM: {llvm_name}" if llvm_name else None) if p]
+    return ", ".join(parts) or "-"
+
+
+def lscpu_summary() -> dict:
+    """A few lines of `lscpu` (model name, threads per core, cores, sockets, caches), if it runs."""
+    import subprocess
+    want = ("Model name", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "L1d cache", "L2 cache",
+            "L3 cache", "Hypervisor vendor", "CPU max MHz")
+    try:
+        txt = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out = {}
+    for line in txt.splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() in want:
+            out[k.strip()] = v.strip()
+    return out
+
+
 def machine_info() -> dict:
     import numba
     import numpy
@@ -146,7 +208,9 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "caches": cache_sizes(),
-        "simd": ", ".join(f for f in ("avx2", "avx512f", "amx_tile") if f in cpu_flags()) or "-",
+        "simd": ", ".join(f for f in SIMD_FLAGS if f in cpu_flags()) or "-",
+        "cpu_ids": cpu_ids(),
+        "lscpu": lscpu_summary(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "numba": numba.__version__,
@@ -158,6 +222,12 @@ def machine_info() -> dict:
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "load_average_start": list(os.getloadavg()),
     }
+    try:
+        import llvmlite.binding as llvm
+        info["llvm_host_cpu"] = llvm.get_host_cpu_name()
+    except Exception:  # noqa: BLE001
+        info["llvm_host_cpu"] = None
+    info["microarchitecture"] = microarchitecture(info["cpu_ids"], info["llvm_host_cpu"])
     try:
         import torch
         info["torch"] = torch.__version__

@@ -12,6 +12,9 @@ recurrence loops over T -- exactly like the trained model's multi-step layers.
 A projection from a direct-encoded input is evaluated once and reused for
 every step (the engine does the same). The equations are those of
 :mod:`evsim.neurons`.
+
+``memory_format=torch.channels_last`` keeps every 4-d tensor (weights, inputs, currents, spikes)
+channels-last, for PyTorch's channels-last conv kernels; the default is contiguous (NCHW).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from evsim.neurons import neuron_model
 
 
 class FoldedTorch:
-    def __init__(self, network: Network, dtype: torch.dtype = torch.float32):
+    def __init__(self, network: Network, dtype: torch.dtype = torch.float32,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         self.network = network
         self.dtype = dtype
+        self.channels_last = memory_format == torch.channels_last
         self.T = network.timesteps
         self.order = network.topological_order()
         pops = {p.name: p for p in network.populations}
@@ -41,6 +46,8 @@ class FoldedTorch:
 
     def _prep(self, pr):
         w = None if pr.weight is None else torch.from_numpy(pr.weight).to(self.dtype).contiguous()
+        if w is not None and w.dim() == 4 and self.channels_last:
+            w = w.contiguous(memory_format=torch.channels_last)
         b = None if pr.bias is None else torch.from_numpy(pr.bias).to(self.dtype).contiguous()
         return (pr.source, pr.kind, w, b, tuple(pr.stride), tuple(pr.padding), float(pr.scale))
 
@@ -58,7 +65,13 @@ class FoldedTorch:
         model, p = self.params[name]
         tau, th = p["tau"], p["v_threshold"]
         T = cur.shape[0]
-        out = torch.empty_like(cur)
+        if self.channels_last and cur.dim() == 5:
+            # (T, B, C, H, W) over one channels-last (T*B, C, H, W) block: every out[t] is channels-last
+            out = torch.empty((T * cur.shape[1], *cur.shape[2:]), dtype=cur.dtype,
+                              memory_format=torch.channels_last).view(cur.shape)
+        else:
+            cur = cur.contiguous()
+            out = torch.empty_like(cur)
         u = torch.zeros_like(cur[0])
         h = torch.zeros_like(cur[0])
         o = None
@@ -88,6 +101,8 @@ class FoldedTorch:
         """x: (B, *input_shape) for direct encoding, (B, T, *input_shape) for spikes."""
         T = self.T
         x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         B = x.shape[0]
         direct = self.network.encoding == "direct"
         xin = x if direct else x.transpose(0, 1).reshape(T * B, *x.shape[2:])
@@ -106,7 +121,7 @@ class FoldedTorch:
             for proj in self.incoming[n]:
                 c = contribution(proj)
                 cur = c if cur is None else cur + c
-            s = self._neuron(n, cur.contiguous())
+            s = self._neuron(n, cur)
             spikes[n] = s.reshape(T * B, *s.shape[2:])
         out = None
         for proj in self.readout:

@@ -61,3 +61,97 @@ def test_throughput_script_times_a_shipped_model_and_refuses_a_bad_directory(tmp
     assert lines and all(float(ln.split(": ")[-1].split()[0]) > 0 for ln in lines)
     bad = subprocess.run(cmd[:-1] + [str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "needs folded.h5" in bad.stderr
+
+
+def test_torch_configs_compile_only_at_the_compile_batches():
+    from compare import torch_configs
+    cs = torch_configs(("torch_model", "torch_folded"), ["contiguous", "channels_last"], ["eager", "compile"],
+                       [1, 16, 64], compile_batches=[64])
+    assert len(cs) == 2 * 2 * 3 + 2 * 2 * 1
+    assert {c["batch"] for c in cs if c["mode"] == "compile"} == {64}
+    assert len(torch_configs(("torch_folded",), ["contiguous"], ["eager", "compile"], [1, 16])) == 4
+
+
+def test_combine_rounds_is_the_median_of_per_round_medians_with_their_range():
+    from compare import combine_rounds
+    c = combine_rounds([[10.0, 12.0, 11.0], [20.0, 19.0, 30.0], [14.0, 15.0, 13.0]])
+    assert c["rounds"] == [11.0, 20.0, 14.0]
+    assert c["median"] == 14.0 and c["min"] == 11.0 and c["max"] == 20.0 and c["n_rounds"] == 3
+    assert len(c["values"]) == 9
+    assert combine_rounds([])["n_rounds"] == 0
+
+
+def test_best_config_picks_the_fastest_within_the_thread_budget():
+    from compare import baselines, best_config, ratio_over_rounds
+
+    def row(th, impl, fmt, mode, bs, med, side="torch", net=None):
+        r = {"side": side, "threads": th, "impl": impl, "format": fmt, "mode": mode, "batch": bs, "median": med,
+             "min": med, "max": med, "rounds": [med, med]}
+        if net:
+            r["network"] = net
+        return r
+    rows = [row(1, "torch_folded", "contiguous", "eager", 64, 400.0),
+            row(1, "torch_folded", "channels_last", "compile", 64, 500.0),
+            row(2, "torch_folded", "contiguous", "eager", 64, 450.0),     # two threads slower than one compiled
+            row(2, "torch_model", "contiguous", "compile", 16, 480.0),
+            row(1, "torch_model", "contiguous", "eager", 1, 300.0),
+            row(2, "torch_folded", "contiguous", "compile", 1, float("nan"))]    # failed: never chosen
+    assert best_config(rows, 1)["median"] == 500.0
+    assert best_config(rows, 2)["median"] == 500.0 and best_config(rows, 2)["threads"] == 1
+    assert best_config(rows, 2, mode="eager")["median"] == 450.0
+    assert best_config(rows, 2, mode="compiled")["median"] == 500.0
+    assert best_config(rows, 2, batch=1)["median"] == 300.0
+    assert best_config(rows, 2, impl="torch_model", mode="eager")["batch"] == 1
+    assert best_config(rows, 1, impl="nothing") is None
+    r = ratio_over_rounds([1000.0, 900.0, 1100.0], [500.0, 600.0, 400.0])
+    assert r["rounds"] == [2.0, 1.5, 2.75] and r["min"] == 1.5 and r["max"] == 2.75 and r["ratio"] == 2.0
+    ev = [row(th, "evsim", "-", "-", bs, med, side="evsim", net="evsim")
+          for th, bs, med in ((1, 1, 700.0), (1, 64, 800.0), (2, 1, 690.0), (2, 64, 1500.0))]
+    b = baselines(rows + ev, [1, 2], [1, 64])
+    assert b[2]["torch_best"]["median"] == 500.0
+    assert b[2]["evsim"]["evsim"]["vs_torch_best"]["ratio"] == 3.0
+    assert b[2]["evsim"]["evsim"]["vs_torch_best_eager"]["ratio"] == 1500.0 / 450.0
+    assert b[1]["evsim"]["evsim"]["batch1_vs_torch_best_batch1"]["ratio"] == 700.0 / 300.0
+
+
+def test_stage_layer_rates_carries_a_resnet8s_rates_over_to_resnet19():
+    from synthetic import stage_layer_rates
+    src = {"layers.2": 0.68, "layers.3.sn1": 0.72, "layers.3.sn2": 0.81, "layers.4.sn1": 0.75,
+           "layers.4.sn2": 0.80, "layers.5.sn1": 0.76, "layers.5.sn2": 0.87}
+    dst = ["layers.2"] + [f"layers.{k}.sn{j}" for k in range(3, 11) for j in (1, 2)] + ["other"]
+    r = stage_layer_rates(src, (1, 1, 1), dst, (3, 3, 2))
+    assert r["layers.2"] == 0.68
+    assert [r[f"layers.{k}.sn2"] for k in range(3, 11)] == [0.81] * 3 + [0.80] * 3 + [0.87] * 2
+    assert [r[f"layers.{k}.sn1"] for k in (3, 6, 9, 10)] == [0.72, 0.75, 0.76, 0.76]
+    assert r["other"] == pytest.approx(sum(src.values()) / len(src))
+
+
+def test_calibrate_layers_takes_a_rate_per_layer():
+    torch.manual_seed(0)
+    model = build_model("resnet8", width=4, in_channels=1, image_size=16, timesteps=4).eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32))
+    want = {name: (0.7 if i % 2 else 0.3) for i, (name, _) in enumerate(model.neurons())}
+    cal = calibrate_layers(model, x, target=want, std=0.12, tol=0.01)
+    for name, r in cal["layer_rates"].items():
+        assert abs(r - want[name]) <= 0.03, (name, r, want[name])
+
+
+def test_microarchitecture_names_zen4_and_sapphire_rapids():
+    from timing import microarchitecture
+    assert microarchitecture({"vendor": "AuthenticAMD", "family": "25", "model": "17"}, "znver4") == "Zen 4, LLVM: znver4"
+    assert microarchitecture({"vendor": "AuthenticAMD", "family": "25", "model": "1"}).startswith("Zen 3")
+    assert microarchitecture({"vendor": "GenuineIntel", "family": "6", "model": "143"}) == "Sapphire Rapids"
+    assert microarchitecture({}) == "-"
+
+
+def test_folded_runner_channels_last_gives_the_same_outputs():
+    from torch_folded import FoldedTorch
+    torch.manual_seed(0)
+    model = build_model("resnet8", width=4, in_channels=1, image_size=16, timesteps=4).eval()
+    net = fold_model(model, input_range=(0.0, 1.0))
+    x = torch.from_numpy(np.random.default_rng(1).random((3, 1, 16, 16), dtype=np.float32))
+    a = FoldedTorch(net)(x)
+    b, spikes = FoldedTorch(net, memory_format=torch.channels_last)(x, return_spikes=True)
+    assert torch.equal(a, b)
+    first = next(iter(spikes.values()))
+    assert first[0].is_contiguous(memory_format=torch.channels_last)
