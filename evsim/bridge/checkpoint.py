@@ -82,26 +82,33 @@ def _check_config(config, path) -> dict:
     return config
 
 
-def load_checkpoint(path, map_location="cpu") -> tuple[SpikingNet, dict]:
-    """Rebuild the network a checkpoint describes and load its weights; no pickle code runs."""
+def read_weights_only(path, error=None, unsafe_hint: str | None = None, map_location="cpu"):
+    """Whatever a .pt file holds, read with ``torch.load(weights_only=True)`` (no pickle code runs), from a
+    regular file within MAX_CHECKPOINT_BYTES; every failure is one line, as ``error`` (default CheckpointError).
+    ``unsafe_hint`` finishes the line for a file that needs pickled code."""
+    error = error or CheckpointError
     with open_regular(path, "checkpoint") as f:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"{path}: checkpoint of {size / 2**30:.1f} GiB is over the "
-                                  f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB limit")
+            raise error(f"{path}: checkpoint of {size / 2**30:.1f} GiB is over the "
+                        f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB limit")
         try:
-            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+            return torch.load(f, map_location=map_location, weights_only=True)
         except Exception as e:  # torch raises many kinds on a bad file; the user needs one line
             msg = str(e)
             unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
             if unsafe:
-                raise CheckpointError(
-                    f"{path}: holds a Python object beyond tensors and plain data ({unsafe.group(1)}); evsim does not "
-                    "unpickle those. If you made this file or trust its source, convert it once: "
-                    f"evsim convert-checkpoint --trust {path} --out NEW.pt") from None
+                hint = unsafe_hint or ("evsim does not unpickle those. If you made this file or trust its source, "
+                                       f"convert it once: evsim convert-checkpoint --trust {path} --out NEW.pt")
+                raise error(f"{path}: holds a Python object beyond tensors and plain data ({unsafe.group(1)}); "
+                            f"{hint}") from None
             first = next((line for line in msg.splitlines() if line.strip()), type(e).__name__)
-            raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {first})") from None
-    return _build(ckpt, path)
+            raise error(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {first})") from None
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[SpikingNet, dict]:
+    """Rebuild the network a checkpoint describes and load its weights; no pickle code runs."""
+    return _build(read_weights_only(path, map_location=map_location), path)
 
 
 def _build(ckpt, path) -> tuple[SpikingNet, dict]:

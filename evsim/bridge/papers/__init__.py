@@ -16,13 +16,11 @@ listed per source below.
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 
 from ...errors import EvsimError
-from ...files import open_regular
-from ..checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError
+from ..checkpoint import CheckpointError, read_weights_only
 from . import nets
 
 SOURCES = ("ternary-spike", "ctsn")
@@ -89,23 +87,9 @@ def check_arch(source: str, arch: str) -> None:
 
 def load_state_dict(path) -> dict:
     """The checkpoint's tensors by name, read weights-only; ``module.`` (DataParallel) prefixes removed."""
-    with open_regular(path, "checkpoint") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > MAX_CHECKPOINT_BYTES:
-            raise ImportCheckpointError(f"{path}: checkpoint of {size / 2**30:.1f} GiB is over the "
-                                        f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB limit")
-        try:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many kinds on a bad file; the user needs one line
-            msg = str(e)
-            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
-            if unsafe:
-                raise ImportCheckpointError(
-                    f"{path}: holds a Python object beyond tensors and plain data ({unsafe.group(1)}); evsim loads "
-                    "checkpoints weights-only and does not unpickle code. Save the model's state_dict() "
-                    "instead of the model") from None
-            first = next((line for line in msg.splitlines() if line.strip()), type(e).__name__)
-            raise ImportCheckpointError(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {first})") from None
+    obj = read_weights_only(path, ImportCheckpointError,
+                            "evsim loads checkpoints weights-only and does not unpickle code. Save the model's "
+                            "state_dict() instead of the model")
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model", "net"):       # a training script's {"state_dict": ...} wrapper
             if isinstance(obj.get(key), dict):
