@@ -15,8 +15,6 @@ import math
 import os
 import sys
 import time
-import tokenize
-import warnings
 
 import click
 import numpy as np
@@ -53,31 +51,12 @@ def load_array(path: str, what: str = "input") -> np.ndarray:
     Special files (a FIFO would block), object, complex, structured and text dtypes, and arrays
     over the memory budget (EVSIM_MAX_BYTES) are refused in one line before anything is allocated.
     """
-    from .files import open_regular
+    from .files import open_regular, read_npy_header
     from .limits import Limits
 
     with open_regular(path, f"{what} file") as f:
-        try:
-            magic = f.read(6)
-            f.seek(0)
-            version = np.lib.format.read_magic(f) if magic == b"\x93NUMPY" else None
-            if version not in ((1, 0), (2, 0), None):
-                raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
-            if version is not None:
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                with warnings.catch_warnings():        # the header is untrusted text: "\e" in it is no news
-                    warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
-                    shape, _, dtype = read_header(f)
-                data_at = f.tell()
-        except (ValueError, SyntaxError, tokenize.TokenError) as e:     # NumPy's header parser raises all three
-            detail = (str(e).splitlines() or [type(e).__name__])[0]
-            raise InputError(f"{what} file {path}: cannot read as a .npy array ({detail})") from None
-        except (OSError, EOFError):
-            raise InputError(f"{what} file {path}: not a .npy file") from None
-        if version is None:
-            hint = " (a .npz archive: save the array itself with numpy.save)" if magic[:2] == b"PK" else ""
-            raise InputError(f"{what} file {path}: not a .npy file{hint}")
+        shape, _, dtype, data_at = read_npy_header(f, f"{what} file {path}", InputError,
+                                                   " (a .npz archive: save the array itself with numpy.save)")
         if dtype.hasobject:
             raise InputError(f"{what} file {path}: cannot read as a .npy array (Object arrays cannot be loaded: "
                              f"they hold Python objects, not numbers)")

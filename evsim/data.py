@@ -26,15 +26,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tokenize
-import warnings
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import EvsimError, InputError
-from .files import FileError, open_regular
+from .files import FileError, open_regular, read_npy_header
 from .limits import Limits
 
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -45,28 +43,10 @@ class DataError(InputError):
 
 
 def _npy_header(f, where: str):
-    """(shape, fortran_order, dtype, data offset) of a .npy stream, checked as :func:`evsim.cli.load_array` does."""
-    try:
-        magic = f.read(6)
-        if magic != b"\x93NUMPY":
-            hint = " (a .npz archive: name it .npz)" if magic[:2] == b"PK" else ""
-            raise DataError(f"{where}: not a .npy array{hint}")
-        f.seek(0)
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
-            shape, fortran, dtype = read_header(f)
-        offset = f.tell()
-    except (ValueError, SyntaxError, tokenize.TokenError) as e:
-        detail = (str(e).splitlines() or [type(e).__name__])[0]
-        raise DataError(f"{where}: cannot read as a .npy array ({detail})") from None
-    except (OSError, EOFError, zipfile.BadZipFile):
-        raise DataError(f"{where}: not a .npy array (truncated or unreadable)") from None
+    """(shape, fortran_order, dtype, data offset) of a .npy stream, its dtype checked (real numbers only)."""
+    shape, fortran, dtype, offset = read_npy_header(f, where, DataError, " (a .npz archive: name it .npz)")
     _check_dtype(dtype, where)
-    return tuple(int(s) for s in shape), bool(fortran), dtype, offset
+    return shape, fortran, dtype, offset
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> None:

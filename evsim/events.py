@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import math
 import os
-import tokenize
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import InputError
-from .files import FileError, open_regular
+from .files import FileError, open_regular, read_npy_header
 from .limits import Limits
 
 FIELDS = ("t", "x", "y", "p")
@@ -101,25 +99,8 @@ class BinStats:
 
 # ------------------------------------------------------------------------------------------- reading
 def _header(f, path: str, what: str):
-    """(shape, fortran_order, dtype, data offset) of a .npy stream, or one line."""
-    try:
-        magic = f.read(6)
-        f.seek(0)
-        if magic != b"\x93NUMPY":
-            hint = " (an .npz archive? give it a .npz name)" if magic[:2] == b"PK" else ""
-            raise InputError(f"{what} {path}: not a .npy file{hint}")
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise InputError(f"{what} {path}: .npy format version {version[0]}.{version[1]} is not supported")
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
-            shape, fortran, dtype = read(f)
-    except InputError:
-        raise
-    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, OSError, EOFError, RecursionError) as e:
-        detail = (str(e).splitlines() or [type(e).__name__])[0]
-        raise InputError(f"{what} {path}: cannot read as a .npy array ({detail})") from None
+    """(shape, fortran_order, dtype) of a .npy stream, or one line."""
+    shape, fortran, dtype, _ = read_npy_header(f, f"{what} {path}", InputError, " (an .npz archive? give it a .npz name)")
     return shape, fortran, dtype
 
 

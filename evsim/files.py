@@ -21,8 +21,13 @@ import contextlib
 import errno
 import os
 import stat
+import tokenize
+import warnings
+import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+import numpy as np
 
 from .errors import EvsimError
 
@@ -129,3 +134,31 @@ def atomic_write(path: str | os.PathLike, force: bool = False, what: str = "outp
         if not ok:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def read_npy_header(f: BinaryIO, where: str, error: type[EvsimError], npz_hint: str = "") -> tuple:
+    """``(shape, fortran_order, dtype, data offset)`` of the .npy stream ``f``, parsed before any data is read.
+
+    The header is untrusted text, parsed by NumPy's own reader (no pickle, no eval of code); whatever is
+    wrong with it becomes one ``error`` line starting with ``where``. ``npz_hint`` follows "not a .npy file"
+    when the stream is a zip archive (an .npz given where a .npy is expected)."""
+    try:
+        magic = f.read(6)
+        f.seek(0)
+        if magic != b"\x93NUMPY":
+            raise error(f"{where}: not a .npy file{npz_hint if magic[:2] == b'PK' else ''}")
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        with warnings.catch_warnings():          # "\e" in the untrusted header text is no news
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            shape, fortran, dtype = read(f)
+        return tuple(int(s) for s in shape), bool(fortran), dtype, f.tell()
+    except EvsimError:
+        raise
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError) as e:   # NumPy's parser raises these
+        detail = (str(e).splitlines() or [type(e).__name__])[0]
+        raise error(f"{where}: cannot read as a .npy array ({detail})") from None
+    except (OSError, EOFError, zipfile.BadZipFile):
+        raise error(f"{where}: cannot read as a .npy array (truncated or unreadable)") from None
