@@ -240,7 +240,7 @@ def _h5_dataset(f, path: str, key: str | None, where: str):
     """The dataset at ``key`` reached through hard links only, with its own storage, through known filters."""
     import h5py
 
-    from .format import DATASET_FILTERS
+    from .format import storage_problem
 
     if key is None:
         found = []
@@ -277,17 +277,10 @@ def _h5_dataset(f, path: str, key: str | None, where: str):
     ds = group
     if not isinstance(ds, h5py.Dataset):
         raise DataError(f"{where}: /{'/'.join(parts)} is not a dataset")
-    if ds.is_virtual:
-        raise DataError(f"{where}: /{key} is a virtual dataset (mapped from other files); data must be in the file")
-    dcpl = ds.id.get_create_plist()
-    if dcpl.get_external_count():
-        raise DataError(f"{where}: /{key} keeps its data in the external file "
-                        f"{os.fsdecode(dcpl.get_external(0)[0])!r}; data must be in the file itself")
-    for i in range(dcpl.get_nfilters()):
-        code = dcpl.get_filter(i)[0]
-        if code not in DATASET_FILTERS:
-            raise DataError(f"{where}: /{key} is stored through HDF5 filter {code}, which evsim does not read "
-                            f"(known: {', '.join(DATASET_FILTERS.values())})")
+    problem = storage_problem(ds)
+    if problem:
+        tail = "" if "filter" in problem else "; data must be in the file itself"
+        raise DataError(f"{where}: /{key} {problem}{tail}")
     if ds.id.get_type().get_class() not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT) or ds.shape is None:
         raise DataError(f"{where}: /{key} does not hold real numbers (HDF5 type {ds.dtype})")
     _check_dtype(ds.dtype, f"{where}: /{key}")

@@ -19,6 +19,7 @@ outside the file is ever read (docs/FORMAT.md, "Checks on reading").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -111,25 +112,53 @@ def read_network(path: str | os.PathLike, limits: Limits | None = None) -> Netwo
     storage, no special files (docs/FORMAT.md, "Checks on reading").
     """
     limits = limits or Limits.from_env()
+    with open_hdf5(path, "network file", malformed="malformed or corrupted evsim network") as f:
+        return _read(f, str(path), limits)
+
+
+@contextlib.contextmanager
+def open_hdf5(path: str | os.PathLike, what: str, malformed: str, not_hdf5_hint: str = "",
+              error: type[EvsimError] = FormatError):
+    """An untrusted HDF5 file opened read-only as the readers of networks and NIR graphs need it: a regular
+    file only (no FIFO, device or directory), its global heaps walked first (a crafted heap makes HDF5
+    spin), and every h5py/HDF5 exception of the ``with`` body turned into one ``error`` line
+    ("``path``: ``malformed`` (reason)")."""
     where = str(path)
     try:
-        fobj = open_regular(path, "network file")
+        fobj = open_regular(path, what)
     except FileError as e:
-        raise FormatError(str(e)) from None
+        raise error(str(e)) from None
     with fobj:
         try:
             f = h5py.File(fobj, "r")
         except HDF5_ERRORS as e:
-            detail = "" if "signature not found" in str(e) else f" ({_brief(e)})"
-            raise FormatError(f"{where}: not an HDF5 file{detail}") from None
+            detail = not_hdf5_hint or ("" if "signature not found" in str(e) else f" ({_brief(e)})")
+            raise error(f"{where}: not an HDF5 file{detail}") from None
         try:
             with f:
                 _check_global_heaps(fobj, f, where)
-                return _read(f, where, limits)
+                yield f
         except EvsimError:
             raise
         except HDF5_ERRORS as e:
-            raise FormatError(f"{where}: malformed or corrupted evsim network ({_brief(e)})") from None
+            raise error(f"{where}: {malformed} ({_brief(e)})") from None
+
+
+def storage_problem(ds: h5py.Dataset) -> str | None:
+    """Why a dataset's data cannot be read from this file alone (None when it can): virtual (mapped from
+    other files), in an external raw file, or through a filter evsim does not know (a filter is a plugin
+    HDF5 would load on the file's say-so). Readers of networks and of data files both ask this."""
+    if ds.is_virtual:
+        return "is a virtual dataset (mapped from other files)"
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_external_count():
+        return f"keeps its data in the external file {os.fsdecode(dcpl.get_external(0)[0])!r}"
+    for i in range(dcpl.get_nfilters()):
+        code = dcpl.get_filter(i)[0]
+        if code not in DATASET_FILTERS:
+            return (f"is stored through HDF5 filter {code}, which evsim does not read "
+                    f"(known: {', '.join(DATASET_FILTERS.values())})")
+    return None
 
 
 def _brief(e: BaseException) -> str:
@@ -323,19 +352,10 @@ def _dataset(group: h5py.Group, name: str, where: str, path: str, text: bool = F
         return None
     if not isinstance(ds, h5py.Dataset):
         raise FormatError(f"{where}: {path} must be a dataset")
-    if ds.is_virtual:
-        raise FormatError(f"{where}: {path} is a virtual dataset (mapped from other files); a network file "
-                          f"holds its own data")
-    dcpl = ds.id.get_create_plist()
-    if dcpl.get_external_count():
-        target = os.fsdecode(dcpl.get_external(0)[0])
-        raise FormatError(f"{where}: {path} keeps its data in the external file {target!r}; a network file "
-                          f"holds its own data")
-    for i in range(dcpl.get_nfilters()):
-        code = dcpl.get_filter(i)[0]
-        if code not in DATASET_FILTERS:
-            raise FormatError(f"{where}: {path} is stored through HDF5 filter {code}, which evsim does not read "
-                              f"(known: {', '.join(DATASET_FILTERS.values())})")
+    problem = storage_problem(ds)
+    if problem:
+        tail = "" if "filter" in problem else "; a network file holds its own data"
+        raise FormatError(f"{where}: {path} {problem}{tail}")
     tid = ds.id.get_type()
     if text and tid.get_class() != h5py.h5t.STRING:
         raise FormatError(f"{where}: {path} has an HDF5 {_type_name(tid)} type; it must hold strings")

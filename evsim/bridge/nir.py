@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from ..errors import EvsimError, FormatError, NetworkError
-from ..files import FileError, atomic_write, open_regular
+from ..errors import FormatError, NetworkError
+from ..files import atomic_write
 from ..graph import INPUT, READOUT, RESERVED, Network, Population, Projection, conv_output_hw
 from ..limits import Limits
 
@@ -51,27 +51,12 @@ class Node:
 # ------------------------------------------------------------------------------------------------ reading
 def read_nir(path: str | os.PathLike, limits: Limits | None = None) -> tuple[dict[str, Node], list[tuple[str, str]]]:
     """Nodes and edges of the top-level NIRGraph in ``path``; any problem is one :class:`EvsimError` line."""
-    from ..format import HDF5_ERRORS, _check_global_heaps
+    from ..format import open_hdf5
 
     limits = limits or Limits.from_env()
-    where = str(path)
-    try:
-        fobj = open_regular(path, "NIR file")
-    except FileError as e:
-        raise FormatError(str(e)) from None
-    with fobj:
-        try:
-            f = h5py.File(fobj, "r")
-        except HDF5_ERRORS:
-            raise FormatError(f"{where}: not an HDF5 file (a .nir file is HDF5, as nir.write makes it)") from None
-        try:
-            with f:
-                _check_global_heaps(fobj, f, where)
-                return _read_graph(f, where, limits)
-        except EvsimError:
-            raise
-        except HDF5_ERRORS as e:
-            raise FormatError(f"{where}: malformed NIR file ({str(e).strip()[:200] or type(e).__name__})") from None
+    with open_hdf5(path, "NIR file", malformed="malformed NIR file",
+                   not_hdf5_hint=" (a .nir file is HDF5, as nir.write makes it)") as f:
+        return _read_graph(f, str(path), limits)
 
 
 def _text_ds(group, name, where, path, limits, max_items=1):
