@@ -265,7 +265,7 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     from evsim.datasets import load_fashion_mnist
     from evsim.format import read_network
 
-    from torch_folded import FoldedTorch
+    from evsim.bridge.dense import DenseRunner
 
     log("case 1: shipped model on Fashion-MNIST")
     x_all, y_all = load_fashion_mnist("test")
@@ -284,7 +284,7 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     net = evsim.compile_network(network, dtype="float32")
     model, ckpt = load_checkpoint(paths["checkpoint"])
     model = model.float().eval()
-    folded = FoldedTorch(network)
+    folded = DenseRunner(network, torch.float32)
     # what the engine did, and whether all three agree (predictions, accuracy)
     set_threads(max(threads))
     res = evsim_run(net, x, batch_size=256)
@@ -298,11 +298,11 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
              "agreement_evsim_torch_model": float((p_ev == p_model).mean()),
              "agreement_evsim_torch_folded": float((p_ev == p_fold).mean())}
     # the dense runner against the bridge's own float64 reference of the folded network
-    from evsim.bridge.fold import run_folded_torch
+    from evsim.bridge.dense import run_folded_torch
     n_ref = min(16, len(x))
     o_ref, _ = run_folded_torch(network, torch.from_numpy(x[:n_ref]))
     o_ft = folded(torch.from_numpy(x[:n_ref])).double()
-    o_cl = FoldedTorch(network, memory_format=torch.channels_last)(torch.from_numpy(x[:n_ref])).double()
+    o_cl = DenseRunner(network, torch.float32, memory_format=torch.channels_last)(torch.from_numpy(x[:n_ref])).double()
     agree["folded_runner_vs_run_folded_torch"] = {
         "samples": n_ref, "max_abs_output_diff": float((o_ft - o_ref).abs().max()),
         "max_abs_output_diff_channels_last": float((o_cl - o_ref).abs().max()),
@@ -377,7 +377,7 @@ def case_resnet19(cfg: dict, r19: dict) -> dict:
     import torch
     from evsim.format import write_network
 
-    from torch_folded import FoldedTorch
+    from evsim.bridge.dense import DenseRunner
 
     log("case 2: ResNet-19 (width 128, 32x32, T=4) at the trained model's per-layer rates and at a sparse rate")
     tmp = Path(cfg["tmp"]) / "resnet19"
@@ -400,7 +400,7 @@ def case_resnet19(cfg: dict, r19: dict) -> dict:
     for label, st in r19["settings"].items():
         model, network = st["model"], st["network"]
         net = evsim.compile_network(network, dtype="float32")
-        folded = FoldedTorch(network)
+        folded = DenseRunner(network, torch.float32)
         n_act = min(len(x), max(2, cfg["r19_min_samples"]))
         res = evsim_run(net, x[:n_act], batch_size=n_act)
         act = activity(net, res)
@@ -537,7 +537,7 @@ def case_linearity(cfg: dict, r19: dict) -> dict:
     x_cal = r19["x_cal"]
     rng = np.random.default_rng(cfg["seed"] + 2)
     x = rng.random((max(cfg["lin_samples"], cfg["lin_batch"]), 3, 32, 32), dtype=np.float32)
-    from torch_folded import FoldedTorch
+    from evsim.bridge.dense import DenseRunner
 
     # Calibrate and compile one network per target rate first, then time them all together,
     # repetitions interleaved (r1 r2 ... r5 r1 r2 ...): a change in the machine's state during the
@@ -555,7 +555,7 @@ def case_linearity(cfg: dict, r19: dict) -> dict:
             f"({cal_secs[-1]:.0f} s)")
     set_threads(1)
     # the dense run costs the same at any firing rate: time it once, same thread count and batch
-    folded = FoldedTorch(fold_model(model, input_range=(0.0, 1.0)))
+    folded = DenseRunner(fold_model(model, input_range=(0.0, 1.0)), torch.float32)
     tt = throughput({"torch_folded": torch_callable(folded)}, x, cfg["lin_batch"],
                     cfg["lin_reps"], cfg["lin_samples"], max_rep_s=30.0)["torch_folded"]
     torch_sec = summarize([1.0 / v for v in tt["values"]])

@@ -486,7 +486,7 @@ def write_markdown(R: dict, path) -> str:
               f"network {c['compiled_nbytes'] / 2**20:.2f} MiB. Firing rate {_pct(a['firing_rate'], 2)} "
               "(per layer: " + ", ".join(f"{l['name']} {_pct(l['rate'])}" for l in a["layers"]) + ")."]
         L += ["", "PyTorch model = the trained, unfolded network (`load_checkpoint`, eval, `inference_mode`); PyTorch folded = "
-                  "the folded network evsim runs, executed densely by `bench/torch_folded.py` (each layer for all T "
+                  "the folded network evsim runs, executed densely by `evsim/bridge/dense.py` (each layer for all T "
                   "steps at once, direct-input conv once).", ""]
         if "rows" in c["comparison"]:
             L += _comparison_lines(c["comparison"], th, {"evsim": "evsim float32"})
@@ -501,7 +501,7 @@ def write_markdown(R: dict, path) -> str:
                   f"{_pct(g['agreement_evsim_torch_folded'], 2)} (float32: spikes at the threshold may flip)."]
         v = g.get("folded_runner_vs_run_folded_torch")
         if v:
-            L += [f"The dense runner checked against `evsim.bridge.fold.run_folded_torch` (float64, step by step) on "
+            L += [f"The dense runner in float32 checked against itself in float64 (`evsim.bridge.dense.run_folded_torch`) on "
                   f"{v['samples']} images: max |output difference| {v['max_abs_output_diff']:.2g}, predictions "
                   f"{_pct(v['prediction_agreement'])} equal."]
         L += [""]

@@ -124,7 +124,7 @@ def setup_torch(spec: dict) -> dict:
     except Exception:  # noqa: BLE001 - older/newer dynamo: leave the default
         pass
     from evsim.format import read_network
-    from torch_folded import FoldedTorch
+    from evsim.bridge.dense import DenseRunner
     if spec.get("checkpoint"):
         from evsim.bridge.train import load_checkpoint
     # what importing evsim did to PyTorch's process (should be nothing); TORCHINDUCTOR_* are PyTorch's
@@ -145,7 +145,7 @@ def setup_torch(spec: dict) -> dict:
         if fmt == "channels_last":
             m = m.to(memory_format=torch.channels_last)
         models[("torch_model", fmt)] = m
-        models[("torch_folded", fmt)] = FoldedTorch(network, memory_format=mf)
+        models[("torch_folded", fmt)] = DenseRunner(network, torch.float32, memory_format=mf)
     build_s = time.perf_counter() - t0
     fns, warm, errors = {}, {}, {}
     for c in spec["configs"]:

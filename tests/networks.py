@@ -8,6 +8,7 @@ from evsim.graph import Network, Population, Projection
 
 LIF = {"tau": 0.25, "v_threshold": 0.5}
 CTSN = {"tau": 0.25, "v_threshold": 0.5, "k_alpha": 0.6, "k_beta": 0.3, "k_gamma": 0.55}
+CUBA = {"tau": 0.5, "v_threshold": 0.5, "k_syn": 0.6}
 
 
 def _w(rng, *shape, fan_in=None, gain=1.5, prune=0.0):
@@ -32,7 +33,7 @@ def residual_net(seed=0, model="ternary_lif", timesteps=4, encoding="direct", c=
     """conv stem -> residual block (identity shortcut with scale) -> strided block (1x1 conv
     shortcut) -> avgpool(2)+linear folded -> readout. Covers stride, padding, identity, pooling."""
     rng = np.random.default_rng(seed)
-    params = CTSN if model.startswith("ctsn") else LIF
+    params = CTSN if model.startswith("ctsn") else CUBA if model.startswith("cuba") else LIF
     pops = [
         Population("stem", (c, hw, hw), model, params),
         Population("b1.mid", (c, hw, hw), model, params),

@@ -145,13 +145,13 @@ def test_microarchitecture_names_zen4_and_sapphire_rapids():
 
 
 def test_folded_runner_channels_last_gives_the_same_outputs():
-    from torch_folded import FoldedTorch
+    from evsim.bridge.dense import DenseRunner
     torch.manual_seed(0)
     model = build_model("resnet8", width=4, in_channels=1, image_size=16, timesteps=4).eval()
     net = fold_model(model, input_range=(0.0, 1.0))
     x = torch.from_numpy(np.random.default_rng(1).random((3, 1, 16, 16), dtype=np.float32))
-    a = FoldedTorch(net)(x)
-    b, spikes = FoldedTorch(net, memory_format=torch.channels_last)(x, return_spikes=True)
+    a = DenseRunner(net, torch.float32)(x)
+    b, spikes = DenseRunner(net, torch.float32, memory_format=torch.channels_last)(x, return_spikes=True)
     assert torch.equal(a, b)
     first = next(iter(spikes.values()))
     assert first[0].is_contiguous(memory_format=torch.channels_last)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from evsim.bridge.fold import bn_affine, fold_model, run_folded_torch
+from evsim.bridge.dense import run_folded_torch
+from evsim.bridge.fold import bn_affine, fold_model
 from evsim.bridge.layers import CTSN, SpikingNeuron, TernaryLIF
 from evsim.bridge.models import SpikingNet, build_model
 from evsim.bridge.train import TrainConfig, load_checkpoint, save_checkpoint, train
@@ -26,6 +27,7 @@ from evsim.bridge.verify import format_verification, verify
 from evsim.cli import main
 from evsim.errors import EvsimError, NetworkError
 from evsim.format import read_network, write_network
+from evsim.neurons import NEURON_MODELS
 
 NEURONS = ["ternary", "binary", "ctsn", "ctsn-event"]
 AMPLITUDES = (0.7, 1.3, 0.9, 1.1)
@@ -479,3 +481,21 @@ def test_fine_tuning_starts_from_the_checkpoint_and_records_the_rate(tmp_path, r
     # another architecture cannot start from it
     with pytest.raises(EvsimError, match="architecture"):
         train(TrainConfig(**{**cfg.__dict__, "init": str(base), "width": 8}), progress=False)
+
+
+@pytest.mark.parametrize("model", sorted(NEURON_MODELS))
+@pytest.mark.parametrize("encoding", ["direct", "spikes"])
+def test_dense_runner_matches_the_plain_reference(model, encoding):
+    """The one dense PyTorch runner (evsim.bridge.dense), every neuron model, against the NumPy reference
+    written apart (tests/reference.py): the same spikes, outputs to float64 rounding."""
+    from networks import random_input, residual_net
+    from reference import simulate as reference
+
+    net = residual_net(seed=3, model=model, encoding=encoding)
+    x = random_input(net, 3, seed=4)
+    out, spikes = run_folded_torch(net, torch.from_numpy(x))
+    ref_out, ref_spikes, _ = reference(net, x)
+    for name, s in ref_spikes.items():
+        assert np.array_equal(spikes[name].numpy().astype(np.int8), s), name
+    assert sum(int(np.abs(s).sum()) for s in ref_spikes.values()) > 0
+    np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-10)

@@ -213,7 +213,7 @@ def test_fold_matches_reference_outputs():
     shape = (3, 8, 8)
     net = papers.build("ternary-spike", "resnet20", 2, 3, 10, shape)
     calibrate(net, torch.randn(3, *shape))
-    from evsim.bridge.fold import run_folded_torch
+    from evsim.bridge.dense import run_folded_torch
     from evsim.bridge.papers.fold import fold_paper_model
     network = fold_paper_model(net)
     x = torch.from_numpy(papers.sample_inputs(shape, 2))

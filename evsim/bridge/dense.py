@@ -1,20 +1,17 @@
-"""A dense PyTorch runner for a *folded* evsim :class:`~evsim.graph.Network`.
+"""The one dense PyTorch runner of a *folded* :class:`~evsim.graph.Network`.
 
-The baseline the event-driven engine is compared with: the very network evsim
-runs (BatchNorm, amplitudes and pooling already folded into the weights, pure
-{-1, 0, 1} spikes), executed densely with PyTorch's CPU kernels.
+Independent of the engine, it runs the very network evsim runs (BatchNorm, amplitudes and pooling
+already folded into the weights, pure {-1, 0, 1} spikes) densely with PyTorch's kernels. It serves
+three uses with one set of equations: the float64 reference that shows folding and importing
+preserve a trained model (``run_folded_torch``, tests, ``evsim verify``), and, in float32 with
+``memory_format=torch.channels_last`` and optionally ``torch.compile``, the dense competitor the
+benchmarks time (bench/worker.py).
 
-It is built for speed rather than as a reference (the reference is
-``evsim.bridge.fold.run_folded_torch``, float64, step by step): the network is
-feed-forward in time, so each population is processed for all T steps at once
--- its incoming projections run on a (T*B, ...) batch, then the neuron
-recurrence loops over T -- exactly like the trained model's multi-step layers.
-A projection from a direct-encoded input is evaluated once and reused for
-every step (the engine does the same). The equations are those of
-:mod:`evsim.neurons`.
-
-``memory_format=torch.channels_last`` keeps every 4-d tensor (weights, inputs, currents, spikes)
-channels-last, for PyTorch's channels-last conv kernels; the default is contiguous (NCHW).
+The network is feed-forward in time (a population at step t sees its sources' spikes of step t),
+so each population is processed for all T steps at once: its incoming projections run on one
+(T*B, ...) batch, then the neuron recurrence loops over T. A projection from a direct-encoded input
+is evaluated once and reused for every step, as the engine does. The neuron equations are those of
+:mod:`evsim.neurons`, written here once (:func:`neuron_step`) for every model.
 """
 
 from __future__ import annotations
@@ -22,12 +19,50 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from evsim.graph import INPUT, READOUT, Network
-from evsim.neurons import neuron_model
+from ..graph import INPUT, READOUT, Network
+from ..neurons import neuron_model
 
 
-class FoldedTorch:
-    def __init__(self, network: Network, dtype: torch.dtype = torch.float32,
+def neuron_step(model: str, p: dict, u, h, o, x):
+    """One timestep of a population: state (u, h, o) of step t-1 and input ``x`` of step t -> (u, h, o).
+
+    ``u`` is the membrane after step t-1's input (before its reset), ``o`` its spikes, ``h`` the
+    complement (CTSN) or the membrane's own part (CUBA); all zero before the first step.
+    """
+    tau, th = p["tau"], p["v_threshold"]
+    if model in ("binary_lif", "cuba_lif"):
+        m = tau * u * (1 - o)
+    elif model in ("binary_lif_sub", "cuba_lif_sub"):
+        m = tau * u - th * o
+    else:
+        m = tau * u * (1 - o.abs())
+    if model == "ctsn_static":
+        h = p["k_alpha"] * h.clamp(min=0) + p["k_beta"] * h.clamp(max=0) + p["k_gamma"] * m
+        u = h + x
+    elif model == "ctsn_event":
+        h = p["k_alpha"] * h + p["k_beta"] * m.clamp(min=0) + p["k_gamma"] * m.clamp(max=0)
+        u = h + x
+    elif model in ("cuba_lif", "cuba_lif_sub"):
+        # synaptic current i[t] = k_syn * i[t-1] + x[t], with i[t-1] = u - h (h: the membrane's own part)
+        u_new = m + p["k_syn"] * (u - h) + x
+        h = m
+        u = u_new
+    else:
+        u = m + x
+    o = (u >= th).to(u.dtype)
+    if neuron_model(model).ternary:
+        o = o - (u <= -th).to(u.dtype)
+    return u, h, o
+
+
+class DenseRunner:
+    """``DenseRunner(network, dtype, memory_format)(x, return_spikes=False)`` -> outputs [, spikes].
+
+    ``x``: (B, *input_shape) for direct encoding, (B, T, *input_shape) for spike input. Outputs are
+    the readout's mean over the timesteps, (B, n_outputs); spikes, ``{population: (T, B, ...)}``.
+    """
+
+    def __init__(self, network: Network, dtype: torch.dtype = torch.float64,
                  memory_format: torch.memory_format = torch.contiguous_format):
         self.network = network
         self.dtype = dtype
@@ -60,10 +95,9 @@ class FoldedTorch:
             return F.linear(x.reshape(x.shape[0], -1), w, b)
         return F.conv2d(x, w, b, stride=stride, padding=padding)
 
-    def _neuron(self, name, cur):
+    def _neurons(self, name, cur):
         """cur: (T, B, ...) input current -> (T, B, ...) spikes."""
         model, p = self.params[name]
-        tau, th = p["tau"], p["v_threshold"]
         T = cur.shape[0]
         if self.channels_last and cur.dim() == 5:
             # (T, B, C, H, W) over one channels-last (T*B, C, H, W) block: every out[t] is channels-last
@@ -73,32 +107,15 @@ class FoldedTorch:
             cur = cur.contiguous()
             out = torch.empty_like(cur)
         u = torch.zeros_like(cur[0])
-        h = torch.zeros_like(cur[0])
-        o = None
+        h = torch.zeros_like(u)
+        o = torch.zeros_like(u)
         for t in range(T):
-            if o is None:
-                uu = torch.zeros_like(u)
-            elif model == "binary_lif":
-                uu = tau * u * (1 - o)
-            else:
-                uu = tau * u * (1 - o.abs())
-            if model == "ctsn_static":
-                h = p["k_alpha"] * h.clamp(min=0) + p["k_beta"] * h.clamp(max=0) + p["k_gamma"] * uu
-                u = h + cur[t]
-            elif model == "ctsn_event":
-                h = p["k_alpha"] * h + p["k_beta"] * uu.clamp(min=0) + p["k_gamma"] * uu.clamp(max=0)
-                u = h + cur[t]
-            else:
-                u = uu + cur[t]
-            o = (u >= th).to(u.dtype)
-            if model != "binary_lif":
-                o = o - (u <= -th).to(u.dtype)
+            u, h, o = neuron_step(model, p, u, h, o, cur[t])
             out[t] = o
         return out
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, return_spikes: bool = False):
-        """x: (B, *input_shape) for direct encoding, (B, T, *input_shape) for spikes."""
         T = self.T
         x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:
@@ -121,7 +138,7 @@ class FoldedTorch:
             for proj in self.incoming[n]:
                 c = contribution(proj)
                 cur = c if cur is None else cur + c
-            s = self._neuron(n, cur)
+            s = self._neurons(n, cur)
             spikes[n] = s.reshape(T * B, *s.shape[2:])
         out = None
         for proj in self.readout:
@@ -130,3 +147,8 @@ class FoldedTorch:
         if return_spikes:
             return out, {n: s.reshape(T, B, *s.shape[1:]) for n, s in spikes.items()}
         return out
+
+
+def run_folded_torch(network: Network, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The float64 reference: (outputs (B, n_outputs), {population: spikes (T, B, ...)})."""
+    return DenseRunner(network, torch.float64)(x, return_spikes=True)
