@@ -154,98 +154,47 @@ def explain_of(act: dict, cmp: dict, net: str, threads) -> dict:
 
 
 def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
-    """Where a run's time goes: wall time per kernel (and the dense direct-input current).
-
-    The fused driver runs a whole batch in one call, so this times the engine's
-    step-by-step path (``fused=False``: the same per-sample kernels, one batch
-    call per projection and population and step) by wrapping its calls; the rest
-    is the Python time loop and allocation."""
-    import evsim.engine as E
-    names = ["fire_and_advance", "collect_events", "events_to_dense"]
-    from evsim.projections import EVENT_KINDS
-    kinds = {f"{n}.scatter_batch": m for n, m in EVENT_KINDS.items()}
-    acc = {n: 0.0 for n in names + list(kinds) + ["direct_current (Numba dense conv, direct input)", "check_input"]}
-    calls = {n: 0 for n in acc}
-    saved_k = {n: getattr(K, n) for n in names}
-    saved_kinds = {n: m.scatter_batch for n, m in kinds.items()}
-    saved_e = {"_direct_current": E._direct_current, "check_input": E.check_input}
-
-    def wrap(label, f):
-        def w(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return f(*a, **kw)
-            finally:
-                acc[label] += time.perf_counter() - t0
-                calls[label] += 1
-        return w
-    try:
-        for n in names:
-            setattr(K, n, wrap(n, saved_k[n]))
-        for n, m in kinds.items():
-            m.scatter_batch = wrap(n, saved_kinds[n])
-        E._direct_current = wrap("direct_current (Numba dense conv, direct input)", saved_e["_direct_current"])
-        E.check_input = wrap("check_input", saved_e["check_input"])
-        evsim_run(net, x[:batch], batch_size=batch, fused=False)        # warm
-        for k in acc:
-            acc[k] = 0.0
-            calls[k] = 0
-        t0 = time.perf_counter()
-        n_done = 0
-        for i in range(0, len(x) - batch + 1, batch):
-            evsim_run(net, x[i:i + batch], batch_size=batch, fused=False)
-            n_done += batch
-        total = time.perf_counter() - t0
-    finally:
-        for n in names:
-            setattr(K, n, saved_k[n])
-        for n, m in kinds.items():
-            m.scatter_batch = saved_kinds[n]
-        E._direct_current = saved_e["_direct_current"]
-        E.check_input = saved_e["check_input"]
-    parts = {k: v for k, v in acc.items() if calls[k]}
-    parts["rest (Python time loop, allocation, outputs)"] = total - sum(parts.values())
-    return {"batch": batch, "samples": n_done, "total_s": total,
+    """Where a run's time goes, per kernel: the engine's own profiling run (``profile=True``: the
+    driver reads the CPU clock between its steps, same code path) summed over the layers of each
+    kind, plus the dense direct-input current and the Python around the driver."""
+    evsim_run(net, x[:batch], batch_size=batch, profile=True)        # warm
+    n_done = (len(x) // batch) * batch
+    t0 = time.perf_counter()
+    r = evsim_run(net, x[:n_done], batch_size=batch, profile=True)
+    total = time.perf_counter() - t0
+    prof = r.profile
+    parts = prof.by_kind()
+    parts["rest (Python around the driver: checks, allocation, outputs)"] = total - prof.driver_s - sum(
+        sec for _, what, sec in prof.parts if what.startswith("dense MACs"))
+    layers: dict[str, int] = {}
+    for _, what, _ in prof.parts:
+        layers[what] = layers.get(what, 0) + 1
+    return {"batch": batch, "samples": n_done, "total_s": total, "clock": prof.available,
             "share": {k: v / total for k, v in parts.items()},
             "ms_per_sample": {k: 1e3 * v / n_done for k, v in parts.items()},
-            "calls_per_batch": {k: calls[k] / max(1, n_done // batch) for k in parts if k in calls}}
+            "layers": {k: layers.get(k, "-") for k in parts}}
 
 
 def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
-    """Wall time of the conv scatter per layer shape (1 thread, step-by-step path, wrapping the
-    row kernel); median over ``reps`` runs."""
-    orig = KR.scatter_batch
-    acc = {}
-    secs = {}
-
-    def w(*a):
-        # args: ev_idx 0, ev_sign 1, ev_cnt 2, c_in 3, w_in 4, kh 5, kw 6, row_map 7, col_plan 8, w_out 9,
-        #       c_out 10, row_w 11, row_nnz_cum 12, has_zeros 13, acc 14, syn_ops 15
-        c_in, w_in, kh, kw, w_out, c_out = (int(a[i]) for i in (3, 4, 5, 6, 9, 10))
-        key = (c_in, c_out, int(a[14].shape[1]) // (w_out * c_out), round(w_in / w_out), kh * kw)
-        ops = a[-1]
-        before = int(ops.sum())
-        t0 = time.perf_counter()
-        orig(*a)
-        dt = time.perf_counter() - t0
+    """Wall time of the conv scatter per layer shape (1 thread, one batch, from the engine's profiling
+    run: each conv_rows projection's share of the driver's time); median over ``reps`` runs."""
+    evsim_run(net, x, batch_size=len(x), threads=1, profile=True)        # warm
+    runs = [evsim_run(net, x, batch_size=len(x), threads=1, profile=True) for _ in range(reps)]
+    acc, secs = {}, {}
+    for cp in net.projections:
+        if cp.mode != KR.NAME:
+            continue
+        g = cp.geometry
+        key = (g.c_in, g.c_out, g.h_out, g.stride[0], g.kernel[0] * g.kernel[1])
         r = acc.setdefault(key, {"c_in": key[0], "c_out": key[1], "map": key[2], "stride": key[3],
                                  "taps_per_channel": key[4], "events": 0, "synaptic_ops": 0, "calls": 0,
-                                 "weights_mib": a[11].nbytes / 2**20})
-        secs.setdefault(key, [0.0] * reps)[run_no[0]] += dt
-        if run_no[0] == 0:
-            r["events"] += int(a[2].sum())
-            r["synaptic_ops"] += int(ops.sum()) - before
-            r["calls"] += 1
-    set_threads(1)
-    evsim_run(net, x, batch_size=len(x), fused=False)
-    run_no = [0]
-    try:
-        KR.scatter_batch = w
-        for i in range(reps):
-            run_no[0] = i
-            evsim_run(net, x, batch_size=len(x), fused=False)
-    finally:
-        KR.scatter_batch = orig
+                                 "weights_mib": cp.arrays["row_w"].nbytes / 2**20})
+        r["events"] += int(runs[0].counters.events_in[cp.name].sum())
+        r["synaptic_ops"] += int(runs[0].counters.synaptic_ops[cp.name].sum())
+        r["calls"] += 1
+        times = secs.setdefault(key, [0.0] * reps)
+        for i, run_ in enumerate(runs):
+            times[i] += next(sec for label, _, sec in run_.profile.parts if label == cp.name)
     rows = []
     for key, r in acc.items():
         r["seconds"] = summarize(secs[key])

@@ -508,12 +508,11 @@ def write_markdown(R: dict, path) -> str:
         L += _explain_lines(c, [t for t in th if t in c["explain"] or str(t) in c["explain"]])
         p = c["profile_1thread"]
         L += ["", f"Where evsim's time goes (1 thread, batch {p['batch']}, {p['samples']} samples, "
-                  f"{1e3 * p['total_s'] / p['samples']:.2f} ms/sample; the engine's step-by-step path, which runs the "
-                  "same per-sample kernels as the fused driver but one batch call per projection, population and step, "
-                  "timed per call site):", "",
-              "| part | share | ms/sample | calls per batch |", "|---|---|---|---|"]
+                  f"{1e3 * p['total_s'] / p['samples']:.2f} ms/sample; the engine's profiling run: the driver reads "
+                  "the CPU's clock between its steps, same code path, summed over the layers of each kind):", "",
+              "| part | share | ms/sample | layers |", "|---|---|---|---|"]
         for k, v in sorted(p["share"].items(), key=lambda kv: -kv[1]):
-            L.append(f"| {k} | {_pct(v)} | {p['ms_per_sample'][k]:.3f} | {p['calls_per_batch'].get(k, '-')} |")
+            L.append(f"| {k} | {_pct(v)} | {p['ms_per_sample'][k]:.3f} | {p.get('layers', {}).get(k, '-')} |")
 
     c = C.get("resnet19")
     if c and "settings" in c:

@@ -79,14 +79,15 @@ def load_array(path: str, what: str = "input") -> np.ndarray:
     return a
 
 
-def _progress_runner(net, x, batch_size, record=False, show=True, threads=None):
+def _progress_runner(net, x, batch_size, record=False, show=True, threads=None, profile=False):
     """Run in batches with a progress bar on stderr when the run is long enough to want one."""
     from .engine import run
     n = len(x)
     if not show or n <= batch_size:
-        return run(net, x, batch_size=batch_size, record=record, threads=threads)
+        return run(net, x, batch_size=batch_size, record=record, threads=threads, profile=profile)
     with click.progressbar(length=n, label="simulating", file=sys.stderr, show_pos=True) as bar:
-        return run(net, x, batch_size=batch_size, record=record, progress=bar.update, threads=threads)
+        return run(net, x, batch_size=batch_size, record=record, progress=bar.update, threads=threads,
+                   profile=profile)
 
 
 @click.group(context_settings=CONTEXT)
@@ -131,9 +132,12 @@ def main():
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document instead of tables (with every sample's raw outputs).")
 @click.option("--per-sample", is_flag=True, help="With --json: every counter of every sample, not only means.")
+@click.option("--profile", is_flag=True,
+              help="Also say where the time went: every step of the engine's driver timed with the CPU's clock "
+                   "(same code path), per layer and per kernel.")
 @user_errors
 def run(weights, input_path, dataset, events_path, window_us, labels, limit, dtype, batch_size, top_k, energy_model,
-        conv_mode, threads, mac_basis, as_json, per_sample):
+        conv_mode, threads, mac_basis, as_json, per_sample, profile):
     """Simulate a folded network event by event and report what the hardware did."""
     from .compiler import compile_network
     from .format import read_network
@@ -178,7 +182,8 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
         if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
             raise InputError(f"labels must be {len(x)} integers, one per sample; got shape {y.shape}, dtype {y.dtype}")
     t0 = time.perf_counter()
-    result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty(), threads=threads)
+    result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty(), threads=threads,
+                              profile=profile)
     t_run = time.perf_counter() - t0
     report = build_report(net, result, energy_model, mac_basis)
 
@@ -198,6 +203,8 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
         doc["event_binning"] = binning.to_dict()
     doc["timing"] = {"compile_s": t_compile, "simulate_s": t_run, "samples_per_s": len(x) / t_run if t_run else None,
                      "compiled_bytes": net.nbytes}
+    if result.profile is not None:
+        doc["profile"] = result.profile.to_dict()
     if as_json:
         if per_sample:
             doc["per_sample"] = sample_rows(net, result, mac_basis)
@@ -220,6 +227,10 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
     click.echo(format_report(report))
     click.echo(f"  time: {t_run:.3f} s for {len(x)} samples ({len(x) / t_run:.1f} samples/s), compiled network "
                f"{net.nbytes / 2**20:.2f} MiB")
+    if result.profile is not None:
+        from .reports import format_profile
+        click.echo("")
+        click.echo(format_profile(result.profile))
 
 
 # ---------------------------------------------------------------------- info
@@ -230,6 +241,7 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
 def info(weights, as_json):
     """Describe a folded network file: graph, shapes, parameters, provenance."""
     from .format import FORMAT_VERSION, read_network
+    from .neurons import neuron_model
 
     g = read_network(weights)
     pops = [{"name": p.name, "shape": list(p.shape), "neurons": p.size, "model": p.model, "params": p.params}
@@ -268,6 +280,8 @@ def info(weights, as_json):
     click.echo(table([[p["name"], "x".join(map(str, p["shape"])), p["neurons"], p["model"],
                        ", ".join(f"{k}={v:g}" for k, v in p["params"].items())] for p in pops],
                      ["population", "shape", "neurons", "model", "constants"]))
+    for name in dict.fromkeys(p["model"] for p in pops):
+        click.echo(f"  {name}: {neuron_model(name).doc}")
     click.echo("")
     rows = []
     for d in projs:

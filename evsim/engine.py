@@ -1,7 +1,7 @@
 """The event-driven engine: runs a compiled network over T timesteps.
 
 A thin Python layer that owns the state arrays and hands a whole batch to
-the fused Numba driver (:func:`evsim.kernels.run_network`, reading the
+the Numba driver (:func:`evsim.kernels.run_network`, reading the
 table program of :mod:`evsim.program`); all per-event work happens in the
 kernels. For each timestep and each population, in topological order:
 
@@ -17,6 +17,7 @@ step as part of the drive, with the folded biases.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numba
@@ -26,9 +27,8 @@ from . import kernels as K
 from . import memory
 from .compiler import CompiledNetwork
 from .layout import from_channels_last, to_channels_last
-from .projections import EVENT_KINDS, dense
+from .projections import dense
 from .errors import InputError
-from .neurons import neuron_model
 from .program import build_program
 
 
@@ -51,10 +51,63 @@ class SimulationResult:
     counters: Counters
     timesteps: int
     spikes: dict[str, np.ndarray] | None = None   # recorded: name -> (T, N, *shape) int8
+    profile: Profile | None = None                # with simulate(profile=True): where the time went
 
     @property
     def predictions(self) -> np.ndarray:
         return self.outputs.argmax(1)
+
+
+@dataclass
+class Profile:
+    """Where a batch's time went, measured inside the driver (:func:`simulate` with ``profile=True``).
+
+    ``parts``: (label, what, seconds) per step of the driver's program, in program order (what:
+    the projection's kernel, or "fire <model>"), then the input events, the drive and the
+    direct-input current. Driver steps are wall seconds of the driver's call shared out in
+    proportion to the clock ticks each step took on all threads (summed over threads, so with
+    several threads they add up to the driver's wall time, not to thread-seconds)."""
+
+    n_samples: int
+    threads: int
+    total_s: float                     # the whole simulate() call
+    driver_s: float                    # the run_network call
+    parts: list[tuple[str, str, float]]
+    available: bool = True             # False: no CPU clock here (evsim.clock.AVAILABLE); driver parts are 0
+
+    @classmethod
+    def of(cls, net, prog, ticks, n_samples, threads, driver_s, direct_s, total_s) -> "Profile":
+        from .clock import AVAILABLE
+        per_step = ticks.sum(axis=0).astype(np.float64)
+        whole = per_step.sum()
+        share = per_step / whole if whole > 0 else np.zeros_like(per_step)
+        parts = []
+        for s, (kind, j) in enumerate(prog.steps):
+            if kind == K.STEP_SCATTER:
+                cp = net.projections[j]
+                parts.append((cp.name, cp.mode, driver_s * share[s]))
+            else:
+                p = net.populations[j]
+                parts.append((p.name, f"fire {p.model}", driver_s * share[s]))
+        S = len(prog.steps)
+        parts.append(("input", "input events", driver_s * share[S + K.PROFILE_INPUT]))
+        parts.append(("drive", "biases + direct current into the membranes", driver_s * share[S + K.PROFILE_DRIVE]))
+        parts.append(("direct input", "dense MACs of the direct-encoded input (outside the driver)", direct_s))
+        return cls(n_samples, threads, total_s, driver_s, [(a, b, float(c)) for a, b, c in parts],
+                   bool(AVAILABLE and whole > 0))
+
+    def to_dict(self) -> dict:
+        return {"samples": self.n_samples, "threads": self.threads, "total_s": self.total_s,
+                "driver_s": self.driver_s, "clock_available": self.available,
+                "parts": [{"name": label, "kernel": what, "seconds": sec} for label, what, sec in self.parts],
+                "by_kernel": self.by_kind()}
+
+    def by_kind(self) -> dict[str, float]:
+        """Seconds per kernel (projection kind, neuron model, input, drive), summed over layers."""
+        out: dict[str, float] = {}
+        for _, what, sec in self.parts:
+            out[what] = out.get(what, 0.0) + sec
+        return out
 
 
 def check_input(net: CompiledNetwork, x: np.ndarray) -> np.ndarray:
@@ -115,17 +168,6 @@ def _direct_currents(net: CompiledNetwork, x: np.ndarray) -> tuple[np.ndarray, l
     return direct_out, to_populations
 
 
-def _set_drive(net: CompiledNetwork, x: np.ndarray, drive: list[np.ndarray]) -> np.ndarray:
-    """Fill each population's drive, ``drive[i]`` (N, size), with its folded biases plus the
-    direct-input current; return the readout's share of that current."""
-    for d, p in zip(drive, net.populations):
-        d[:] = p.bias
-    direct_out, to_populations = _direct_currents(net, x)
-    for target, cur in to_populations:
-        drive[target] += cur
-    return direct_out
-
-
 def _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes):
     T = net.network.timesteps
     N = x.shape[0]
@@ -173,32 +215,32 @@ def _give_back_workspace(prog, N, ws):
     prog.workspaces[N] = ws
 
 
-def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, fused: bool = True,
-             threads: int | None = None) -> SimulationResult:
-    """Run one batch. ``x`` as accepted by :func:`check_input`.
+def simulate(net: CompiledNetwork, x: np.ndarray, record: bool = False, threads: int | None = None,
+             profile: bool = False) -> SimulationResult:
+    """Run one batch in one call of the Numba driver :func:`evsim.kernels.run_network`. ``x`` as
+    accepted by :func:`check_input`.
 
     ``threads``: how many of Numba's threads this call uses (default: Numba's current count for the
     calling thread), never more than samples; the calling thread's setting is restored afterwards,
     so nothing global changes.
 
-    ``fused`` (the default) runs the whole batch in one call of the Numba
-    driver :func:`evsim.kernels.run_network`; ``fused=False`` steps through
-    layers and timesteps in Python, one batch kernel per projection and
-    population (same arithmetic in the same order, same results: it is
-    there to time each kernel separately).
+    ``profile``: also time every step of the driver with the CPU's clock (:mod:`evsim.clock`), the
+    same code path as an ordinary run; the result's :attr:`~SimulationResult.profile` says where the
+    time went.
     """
+    t_start = time.perf_counter()
     x = check_input(net, x)
     n_threads = numba.get_num_threads()
     want = n_threads if threads is None else max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     # fewer samples than threads: do not wake threads that would get no sample
     numba.set_num_threads(min(want, len(x)))     # Numba's thread count is per calling thread
     try:
-        return _simulate_stepwise(net, x, record) if not fused else _simulate_fused(net, x, record)
+        return _simulate(net, x, record, profile, t_start)
     finally:
         numba.set_num_threads(n_threads)
 
 
-def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> SimulationResult:
+def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, t_start: float) -> SimulationResult:
     g = net.network
     T = g.timesteps
     N = x.shape[0]
@@ -209,7 +251,9 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
     drive, v, frame, ev_idx, ev_sign = ws
     # the direct-input currents; the driver adds them to the biases, sample by sample (on its threads:
     # a batch's drive, filled here in serial NumPy, capped the two-thread speed-up at ~1.8x)
+    t_direct = time.perf_counter()
     direct_out, to_populations = _direct_currents(net, x)
+    t_direct = time.perf_counter() - t_direct
     parts = [cur for _, cur in to_populations]
     offsets = np.cumsum([0] + [cur.shape[1] for cur in parts])
     current_map = [(prog.pop_off[t], offsets[k], cur.shape[1]) for k, (t, cur) in enumerate(to_populations)]
@@ -236,78 +280,25 @@ def _simulate_fused(net: CompiledNetwork, x: np.ndarray, record: bool) -> Simula
         in_idx = np.empty((N, 0), dtype=np.int32)
         in_sign = np.empty((N, 0), dtype=np.int8)
     rec = np.zeros((N, T, n_total) if record else (N, 0, 0), dtype=np.int8)
-    K.run_network(T, spike_input, record, numba.get_num_threads(), prog.samples_per_pass(N), prog.record,
+    n_groups = numba.get_num_threads()
+    ticks = np.zeros((n_groups, len(prog.steps) + 2) if profile else (n_groups, 0), dtype=np.int64)
+    t_driver = time.perf_counter()
+    K.run_network(T, spike_input, record, profile, n_groups, prog.samples_per_pass(N), prog.record,
                   K.StateRecord(v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64)),
                   K.InputRecord(xs, current, current_map),
-                  K.CounterRecord(n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec))
+                  K.CounterRecord(n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec, ticks))
+    t_driver = time.perf_counter() - t_driver
     _give_back_workspace(prog, N, ws)
     spikes = None
     if record:
         off = prog.pop_off
         spikes = [rec[:, :, off[i]:off[i] + prog.pop_size[i]].transpose(1, 0, 2) for i in range(P)]
-    return _result(net, x, out_acc, direct_out, list(n_pos.T), list(n_neg.T), list(events_in.T), list(syn_ops.T),
-                   input_events, spikes)
-
-
-def _simulate_stepwise(net: CompiledNetwork, x: np.ndarray, record: bool) -> SimulationResult:
-    g = net.network
-    T = g.timesteps
-    N = x.shape[0]
-    dt = net.dtype
-    pops = net.populations
-
-    # state, event queues and counters per population
-    drive = [np.empty((N, p.size), dtype=dt) for p in pops]
-    direct_out = _set_drive(net, x, drive)
-    v = [d.copy() for d in drive]      # step 1 starts from rest: u = 0 + drive
-    h = [np.zeros((N, p.size if neuron_model(p.model).has_complement else 0), dtype=dt) for p in pops]
-    frame = [np.empty((N, p.size), dtype=np.int8) for p in pops]
-    ev_idx = [np.empty((N, p.size), dtype=np.int32) for p in pops]
-    ev_sign = [np.empty((N, p.size), dtype=np.int8) for p in pops]
-    ev_cnt = [np.zeros(N, dtype=np.int64) for _ in pops]
-    n_pos = [np.zeros(N, dtype=np.int64) for _ in pops]
-    n_neg = [np.zeros(N, dtype=np.int64) for _ in pops]
-    syn_ops = [np.zeros(N, dtype=np.int64) for _ in net.projections]
-    events_in = [np.zeros(N, dtype=np.int64) for _ in net.projections]
-    out_acc = np.zeros((N, net.n_outputs), dtype=dt)
-
-    # events of a spike-encoded input
-    n_in = int(np.prod(g.input_shape))
-    in_idx = np.empty((N, n_in), dtype=np.int32)
-    in_sign = np.empty((N, n_in), dtype=np.int8)
-    in_cnt = np.zeros(N, dtype=np.int64)
-    input_events = np.zeros(N, dtype=np.int64)
-
-    spikes = None
-    if record:
-        spikes = [np.zeros((T, N, p.size), dtype=np.int8) for p in pops]
-
-    def events_of(src):
-        if src < 0:
-            return in_idx, in_sign, in_cnt
-        return ev_idx[src], ev_sign[src], ev_cnt[src]
-
-    def scatter(pi, acc2d):
-        cp = net.projections[pi]
-        ei, es, ec = events_of(cp.source)
-        events_in[pi] += ec
-        EVENT_KINDS[cp.mode].scatter_stepwise(cp, ei, es, ec, acc2d, syn_ops[pi])
-
-    for t in range(T):
-        if g.encoding == "spikes":
-            K.collect_events(to_channels_last(x[:, t], g.input_shape), in_idx, in_sign, in_cnt)
-            input_events += in_cnt
-        for i, p in enumerate(pops):
-            for pi in net.incoming[i]:
-                scatter(pi, v[i])
-            prm = p.params
-            K.fire_and_advance(p.code, prm[0], prm[1], prm[2], prm[3], prm[4], v[i], h[i], drive[i], frame[i],
-                               p.channels, p.channel_major, ev_idx[i], ev_sign[i], ev_cnt[i], n_pos[i], n_neg[i])
-            if record:
-                K.events_to_dense(ev_idx[i], ev_sign[i], ev_cnt[i], spikes[i][t])
-        for pi in net.readout_incoming:
-            scatter(pi, out_acc)
-    return _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input_events, spikes)
+    result = _result(net, x, out_acc, direct_out, list(n_pos.T), list(n_neg.T), list(events_in.T), list(syn_ops.T),
+                     input_events, spikes)
+    if profile:
+        result.profile = Profile.of(net, prog, ticks, n_samples=N, threads=n_groups, driver_s=t_driver,
+                                    direct_s=t_direct, total_s=time.perf_counter() - t_start)
+    return result
 
 
 def merge_results(parts: list[SimulationResult]) -> SimulationResult:
@@ -322,13 +313,21 @@ def merge_results(parts: list[SimulationResult]) -> SimulationResult:
     spikes = None
     if first.spikes is not None:
         spikes = {k: np.concatenate([p.spikes[k] for p in parts], axis=1) for k in first.spikes}
-    return SimulationResult(np.concatenate([p.outputs for p in parts]), c, first.timesteps, spikes)
+    profile = None
+    if first.profile is not None:
+        profs = [p.profile for p in parts]
+        profile = Profile(sum(q.n_samples for q in profs), first.profile.threads, sum(q.total_s for q in profs),
+                          sum(q.driver_s for q in profs),
+                          [(label, what, sum(q.parts[i][2] for q in profs))
+                           for i, (label, what, _) in enumerate(first.profile.parts)],
+                          all(q.available for q in profs))
+    return SimulationResult(np.concatenate([p.outputs for p in parts]), c, first.timesteps, spikes, profile)
 
 
 def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool = False,
-        progress=None, fused: bool = True, threads: int | None = None) -> SimulationResult:
-    """Run many samples in batches; ``progress(n_done)`` is called after each batch; ``threads`` as in
-    :func:`simulate`."""
+        progress=None, threads: int | None = None, profile: bool = False) -> SimulationResult:
+    """Run many samples in batches; ``progress(n_done)`` is called after each batch; ``threads`` and
+    ``profile`` as in :func:`simulate` (a profile sums the batches')."""
     x = np.asarray(x)
     g = net.network
     single = x.shape == ((g.timesteps,) if g.encoding == "spikes" else ()) + tuple(g.input_shape)
@@ -336,7 +335,7 @@ def run(net: CompiledNetwork, x: np.ndarray, batch_size: int = 64, record: bool 
         x = x[None]
     parts = []
     for i in range(0, max(len(x), 1), batch_size):
-        parts.append(simulate(net, x[i:i + batch_size], record=record, fused=fused, threads=threads))
+        parts.append(simulate(net, x[i:i + batch_size], record=record, threads=threads, profile=profile))
         if progress is not None:
             progress(len(parts[-1].outputs))
     return merge_results(parts)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # files whose code is compiled into the cached kernels
-KERNEL_SOURCES = ("kernels.py", "simd.py", "simd_plain.py", "intrinsics.py", "tuning.py", "neurons.py",
+KERNEL_SOURCES = ("kernels.py", "clock.py", "simd.py", "simd_plain.py", "intrinsics.py", "tuning.py", "neurons.py",
                   "layout.py", "projections/*.py")
 # how every evsim kernel is compiled: cached, no GIL, IEEE arithmetic, no bounds checks (the compiler
 # guarantees the indices); PARALLEL for the batch kernels and the driver (prange)

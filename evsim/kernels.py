@@ -8,9 +8,11 @@ one projection or one population for one sample, serially. :func:`run_network` i
 driver: one call runs a whole batch through every timestep and every layer,
 splitting the batch over threads *by sample* (one ``prange``), so no two
 threads ever write the same accumulator (no atomics, no races) and the
-thread pool wakes once per batch instead of once per layer and step. The
-kinds' ``scatter_batch`` and ``fire_and_advance`` here wrap the same
-per-sample kernels for the step-by-step engine, the tests and the benchmarks.
+thread pool wakes once per batch instead of once per layer and step. It is
+the engine's only path; a profiling run is the same driver reading the clock
+between steps. ``fire_and_advance``, ``collect_events`` and
+``events_to_dense`` here (and each kind's ``scatter_batch``) run one
+per-sample kernel over a batch, for the kernel tests.
 
 Layouts (channels-last, so the innermost loop over output channels is
 contiguous and compiles to vector adds):
@@ -32,8 +34,11 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+from numba.core import types
+from numba.extending import overload
 
 from . import jitcache
+from .clock import ticks
 from .intrinsics import LANES, queue16
 from .neurons import CTSN_EVENT, CTSN_STATIC, CUBA_LIF, CUBA_LIF_SUB, LIF_BINARY, LIF_BINARY_SUB
 from .projections import conv_rows, conv_taps, csr, identity
@@ -129,6 +134,13 @@ def fire(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive, frame, n_chann
             m = u <= -v_th
             frame[i] = np.int8(p) - np.int8(m)
             v[i] = tau * (zero if (p or m) else u) + drive[i]
+    return queue_frame(frame, n_neurons, n_channels, channel_major, ev_idx, ev_sign)
+
+
+@njit(**_SERIAL)
+def queue_frame(frame, n_neurons, n_channels, channel_major, ev_idx, ev_sign):
+    """Queue the events of a spike frame ``frame[:n_neurons]`` (see :func:`fire`); returns
+    (events, positive spikes, negative spikes)."""
     # queue the events, 16 neurons at a time (a vector compress, no branch per neuron). The memory-order
     # branch is the channel loop with stride 1, written out so that queue16 sees a constant stride:
     # merged into one loop with a run-time stride it measured 10 % slower end to end (sparse model).
@@ -164,6 +176,87 @@ def fire(model, tau, v_th, k_alpha, k_beta, k_gamma, v, h, drive, frame, n_chann
 
 
 @njit(**_SERIAL)
+def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+    """:func:`fire` in integer arithmetic, for a fixed-point network (docs/FIXED_POINT.md).
+
+    ``prm``: the model's integer constants [tau, v_threshold, k_alpha (k_syn), k_beta, k_gamma], the
+    multipliers as numerators over ``2**shift``. Each membrane first saturates to [lo, hi] (M bits);
+    every product is int64 and ``>>`` an arithmetic shift (floor), as on a chip. The state arrays
+    (int16 or int32) only ever receive values the quantiser proved fit them.
+    """
+    n_neurons = v.shape[0]
+    tau = np.int64(prm[0])
+    th = np.int64(prm[1])
+    ka = np.int64(prm[2])
+    kb = np.int64(prm[3])
+    kg = np.int64(prm[4])
+    f = np.int64(shift)
+    lo = np.int64(lo)
+    hi = np.int64(hi)
+    zero = np.int64(0)
+    if model == LIF_BINARY or model == LIF_BINARY_SUB or model == CUBA_LIF or model == CUBA_LIF_SUB:
+        sub = model == LIF_BINARY_SUB or model == CUBA_LIF_SUB
+        cuba = model == CUBA_LIF or model == CUBA_LIF_SUB
+        for i in range(n_neurons):
+            u = min(max(np.int64(v[i]), lo), hi)
+            p = u >= th
+            frame[i] = p
+            if sub:
+                m = ((tau * u) >> f) - (th if p else zero)
+            else:
+                m = (tau * (zero if p else u)) >> f
+            if cuba:
+                cur = u - np.int64(h[i])
+                h[i] = m
+                m = m + ((ka * cur) >> f)
+            v[i] = m + np.int64(drive[i])
+    elif model == CTSN_STATIC or model == CTSN_EVENT:
+        static = model == CTSN_STATIC
+        for i in range(n_neurons):
+            u = min(max(np.int64(v[i]), lo), hi)
+            p = u >= th
+            q = u <= -th
+            frame[i] = np.int8(p) - np.int8(q)
+            m = (tau * (zero if (p or q) else u)) >> f
+            hp = np.int64(h[i])
+            if static:
+                hn = (ka * max(hp, zero) + kb * min(hp, zero) + kg * m) >> f
+            else:
+                hn = (ka * hp + kb * max(m, zero) + kg * min(m, zero)) >> f
+            hn = min(max(hn, lo), hi)
+            h[i] = hn
+            v[i] = hn + np.int64(drive[i])
+    else:
+        for i in range(n_neurons):
+            u = min(max(np.int64(v[i]), lo), hi)
+            p = u >= th
+            q = u <= -th
+            frame[i] = np.int8(p) - np.int8(q)
+            v[i] = ((tau * (zero if (p or q) else u)) >> f) + np.int64(drive[i])
+    return queue_frame(frame, n_neurons, n_channels, channel_major, ev_idx, ev_sign)
+
+
+def fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+    """:func:`fire` or :func:`fire_fixed`, chosen by the state's type when the driver is compiled.
+    ``prm``: the population's row of ``pop_params``; ``fxp``: its row of ``pop_fixed`` (shift, lo, hi)."""
+    raise NotImplementedError("compiled only (Numba)")
+
+
+@overload(fire_population, inline="always")
+def _fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+    if isinstance(v.dtype, types.Integer):
+        def fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+            return fire_fixed(model, prm, fxp[0], fxp[1], fxp[2], v, h, drive, frame, n_channels, channel_major,
+                              ev_idx, ev_sign)
+        return fixed
+
+    def real(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+        return fire(model, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive, frame, n_channels, channel_major,
+                    ev_idx, ev_sign)
+    return real
+
+
+@njit(**_SERIAL)
 def collect(values, ev_idx, ev_sign):
     """Turn one sample's ternary frame ``values[i]`` in {-1, 0, 1} into events."""
     cnt = 0
@@ -195,7 +288,7 @@ def to_frame(ev_idx, ev_sign, cnt, out):
 
 
 
-# ------------------------------------------------------------- the fused driver
+# ------------------------------------------------------------- the driver
 STEP_SCATTER, STEP_FIRE = 0, 1
 
 
@@ -227,7 +320,8 @@ class ProgramRecord(NamedTuple):
     pop_size: np.ndarray           # (P,)
     h_off: np.ndarray              # (P+1,) offsets in the CTSN complement state
     pop_code: np.ndarray           # (P,) neuron model codes
-    pop_params: np.ndarray         # (P, 5) neuron constants
+    pop_params: np.ndarray         # (P, 5) neuron constants (int64 for a fixed-point network)
+    pop_fixed: np.ndarray          # (P, 3) int64 fixed point: (shift, membrane min, membrane max); unused for floats
     pop_channels: np.ndarray       # (P,)
     pop_channel_major: np.ndarray  # (P,) 1: emit events channel by channel
     bias: np.ndarray               # (n_total,) folded biases at each population's offset
@@ -263,10 +357,14 @@ class CounterRecord(NamedTuple):
     input_events: np.ndarray       # (N,) input events
     out_acc: np.ndarray            # (N, n_out) readout sum over the steps
     spikes: np.ndarray             # (N, T, n_total) int8, written only when recording
+    ticks: np.ndarray              # (n_groups, S + 2) clock ticks per step (S: input events, S+1: drive), profiling
+
+
+PROFILE_INPUT, PROFILE_DRIVE = 0, 1    # the two columns after the steps' in CounterRecord.ticks: S + these
 
 
 @njit(**_PARALLEL)
-def run_network(timesteps, spike_input, record, n_groups, chunk, program, state, inputs, counters):
+def run_network(timesteps, spike_input, record, profile, n_groups, chunk, program, state, inputs, counters):
     """Run a batch through all timesteps of a compiled program (see :mod:`evsim.program`).
 
     ``program``, ``state``, ``inputs``, ``counters``: a :class:`ProgramRecord`,
@@ -278,6 +376,10 @@ def run_network(timesteps, spike_input, record, n_groups, chunk, program, state,
     arrays are (N, ...) with each population at ``pop_off[i]:pop_off[i] +
     pop_size[i]`` of the flat per-sample vector (the gaps align the next one). ``spikes`` (N, T, n_neurons) is written
     only when ``record``.
+
+    ``profile``: add the clock ticks (:func:`evsim.clock.ticks`) each step takes, for all samples
+    of a chunk, to ``ticks[g, s]`` of the thread's group ``g`` (the input events' and the drive's in
+    the two last columns). The same code runs either way; the clock is read only when profiling.
 
     Each sample's ``drive`` is set here, just before the sample runs (so in
     parallel, and while it is about to be in cache): the biases ``bias``
@@ -296,13 +398,13 @@ def run_network(timesteps, spike_input, record, n_groups, chunk, program, state,
     steps, desc, scale, ibuf, i32buf, fbuf = (program.steps, program.desc, program.scale, program.ibuf,
                                               program.i32buf, program.fbuf)
     pop_off, pop_size, h_off, pop_code = program.pop_off, program.pop_size, program.h_off, program.pop_code
-    pop_params, pop_channels, pop_channel_major, bias = (program.pop_params, program.pop_channels,
-                                                         program.pop_channel_major, program.bias)
+    pop_params, pop_fixed, pop_channels, pop_channel_major, bias = (
+        program.pop_params, program.pop_fixed, program.pop_channels, program.pop_channel_major, program.bias)
     v, h, drive, frame, ev_idx, ev_sign = state.v, state.h, state.drive, state.frame, state.ev_idx, state.ev_sign
     ev_cnt, in_idx, in_sign, in_cnt = state.ev_cnt, state.in_idx, state.in_sign, state.in_cnt
     x_spikes, current, current_map = inputs.x_spikes, inputs.current, inputs.current_map
     n_pos, n_neg, syn_ops, events_in = counters.n_pos, counters.n_neg, counters.syn_ops, counters.events_in
-    input_events, out_acc, spikes = counters.input_events, counters.out_acc, counters.spikes
+    input_events, out_acc, spikes, tick = counters.input_events, counters.out_acc, counters.spikes, counters.ticks
     n_samples = v.shape[0]
     n_steps = steps.shape[0]
     per_group = (n_samples + n_groups - 1) // n_groups
@@ -311,6 +413,7 @@ def run_network(timesteps, spike_input, record, n_groups, chunk, program, state,
         g_last = min(n_samples, g_first + per_group)
         for first in range(g_first, g_last, chunk):
             last = min(g_last, first + chunk)
+            t0 = ticks() if profile else 0
             for n in range(first, last):
                 drive[n, :] = bias
                 for d in range(current_map.shape[0]):
@@ -319,11 +422,19 @@ def run_network(timesteps, spike_input, record, n_groups, chunk, program, state,
                     for i in range(current_map[d, 2]):
                         drive[n, lo + i] += current[n, c0 + i]
                 v[n, :] = drive[n, :]
+            if profile:
+                t1 = ticks()
+                tick[g, n_steps + PROFILE_DRIVE] += t1 - t0
+                t0 = t1
             for t in range(timesteps):
                 if spike_input:
                     for n in range(first, last):
                         in_cnt[n] = collect(x_spikes[n, t], in_idx[n], in_sign[n])
                         input_events[n] += in_cnt[n]
+                    if profile:
+                        t1 = ticks()
+                        tick[g, n_steps + PROFILE_INPUT] += t1 - t0
+                        t0 = t1
                 for s in range(n_steps):
                     kind = steps[s, 0]
                     j = steps[s, 1]
@@ -351,18 +462,23 @@ def run_network(timesteps, spike_input, record, n_groups, chunk, program, state,
                         hi = lo + pop_size[j]
                         prm = pop_params[j]
                         for n in range(first, last):
-                            cnt, pos, neg = fire(pop_code[j], prm[0], prm[1], prm[2], prm[3], prm[4], v[n, lo:hi],
-                                                 h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi], frame[n, :hi - lo],
-                                                 pop_channels[j], pop_channel_major[j] != 0, ev_idx[n, lo:hi],
-                                                 ev_sign[n, lo:hi])
+                            cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
+                                                            h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
+                                                            frame[n, :hi - lo], pop_channels[j],
+                                                            pop_channel_major[j] != 0, ev_idx[n, lo:hi],
+                                                            ev_sign[n, lo:hi])
                             ev_cnt[n, j] = cnt
                             n_pos[n, j] += pos
                             n_neg[n, j] += neg
                             if record:
                                 to_frame(ev_idx[n, lo:hi], ev_sign[n, lo:hi], cnt, spikes[n, t, lo:hi])
+                    if profile:
+                        t1 = ticks()
+                        tick[g, s] += t1 - t0
+                        t0 = t1
 
 
-# ------------------------------------------------ batch kernels (step by step)
+# ------------------------------------------------ batch forms of the per-sample kernels (kernel tests)
 
 
 

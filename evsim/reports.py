@@ -236,3 +236,21 @@ def format_report(report: Report) -> str:
     out.append(f"  energy [{e['model']}]: SNN {e['snn_uj']:.4f} uJ vs ANN {e['ann_uj']:.4f} uJ "
                f"({e['ratio_ann_over_snn']:.1f}x less); {e['source']}")
     return "\n".join(out)
+
+
+def format_profile(profile) -> str:
+    """The text form of an :class:`evsim.engine.Profile`: per kernel, then the ten slowest steps."""
+    if not profile.available:
+        return ("profile: this CPU has no clock evsim's driver can read (evsim.clock); only the totals: "
+                f"driver {profile.driver_s:.3f} s of {profile.total_s:.3f} s")
+    total = profile.total_s
+    rest = total - profile.driver_s - sum(sec for _, what, sec in profile.parts if what.startswith("dense MACs"))
+    kinds = sorted(profile.by_kind().items(), key=lambda kv: -kv[1]) + [("Python around the driver", rest)]
+    n = max(1, profile.n_samples)
+    rows = [[k, f"{1e3 * v / n:.3f}", f"{100 * v / total:.1f}%"] for k, v in kinds]
+    slow = sorted(profile.parts, key=lambda p: -p[2])[:10]
+    rows2 = [[label, what, f"{1e3 * sec / n:.3f}", f"{100 * sec / total:.1f}%"] for label, what, sec in slow]
+    return "\n".join([f"profile ({profile.n_samples} samples, {profile.threads} thread(s), {total:.3f} s; "
+                      "driver steps timed with the CPU clock, shared out of the driver's wall time)",
+                      table(rows, ["kernel", "ms/sample", "share"]), "",
+                      table(rows2, ["slowest steps", "kernel", "ms/sample", "share"])])

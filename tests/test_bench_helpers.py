@@ -155,3 +155,24 @@ def test_folded_runner_channels_last_gives_the_same_outputs():
     assert torch.equal(a, b)
     first = next(iter(spikes.values()))
     assert first[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_kernel_profile_and_scatter_by_shape_come_from_the_profiled_driver():
+    """bench's per-kernel timings are the engine's profiling run: every kind the network uses appears,
+    the shares add up to the whole, and the per-shape rows count the conv layers' own operations."""
+    import cases
+    torch.manual_seed(0)
+    model = build_model("resnet8", width=8, in_channels=1, image_size=16, timesteps=2).eval()
+    net = compile_network(fold_model(model, input_range=(0.0, 1.0)), dtype="float32")
+    x = np.random.default_rng(1).random((8, 1, 16, 16), dtype=np.float32)
+    prof = cases.profile_evsim(net, x, 4)
+    assert prof["samples"] == 8
+    assert sum(prof["share"].values()) == pytest.approx(1.0, abs=1e-9)
+    used = {cp.mode for cp in net.projections if cp.mode != "dense"}
+    assert used <= set(prof["share"])
+    rows = cases.scatter_by_shape(net, x[:4], reps=2)
+    conv_rows = [cp for cp in net.projections if cp.mode == "conv_rows"]
+    assert sum(r["calls"] for r in rows) == len(conv_rows)
+    r = run(net, x[:4])
+    assert sum(r_["synaptic_ops"] for r_ in rows) * 4 == sum(int(r.counters.synaptic_ops[cp.name].sum())
+                                                            for cp in conv_rows)

@@ -80,6 +80,21 @@ def test_run_one_sample(data, tmp_path):
     assert out.startswith(f"prediction: class{best} ({data['ref_out'][1, best]:.3f})")
 
 
+def test_run_profile_says_where_the_time_went(data):
+    """--profile: the same answer, plus every driver step by name in --json and the kernels in the text."""
+    plain = run_json(data, "--dtype", "float64")
+    doc = run_json(data, "--dtype", "float64", "--profile")
+    assert doc["outputs"] == plain["outputs"] and doc["projections"] == plain["projections"]
+    names = [p["name"] for p in doc["profile"]["parts"]]
+    for n in [p.name for p in data["net"].populations] + [p.name for p in data["net"].projections
+                                                          if p.source != "input"]:
+        assert n in names
+    assert doc["profile"]["samples"] == N and doc["profile"]["driver_s"] > 0
+    out = ok(invoke("run", "--weights", data["weights"], "--input", data["x"], "--profile")).stdout
+    assert "profile (3 samples" in out or "no clock" in out
+    assert "profile" not in plain
+
+
 @pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
 def test_run_json_counts_equal_reference(data, conv_mode):
     doc = run_json(data, "--dtype", "float64", "--conv-mode", conv_mode, "--energy-model", "45nm-int8")
@@ -137,6 +152,7 @@ def test_info(data):
     for p in data["net"].populations:
         assert p.name in out
     assert "b1.shortcut" in out and "scale=0.8" in out and "k=3x3 s=2 p=1" in out
+    assert "  ternary_lif: ternary LIF, hard reset on either sign" in out      # each model used, described once
     assert "provenance:" in out and "made_by: tests/networks.py residual_net" in out
 
 

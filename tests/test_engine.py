@@ -27,9 +27,10 @@ def per_sample(a: np.ndarray, value: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------ engine vs reference
-# The fused driver takes a thread's samples one at a time or, for networks with a
-# large state, all together layer by layer (Program.samples_per_pass): test both.
-DRIVERS = ["fused", "fused-layer-major", "stepwise"]
+# The driver takes a thread's samples one at a time or, for networks with a
+# large state, all together layer by layer (Program.samples_per_pass): test both,
+# and the profiling run (the same driver reading the clock between steps).
+DRIVERS = ["fused", "fused-layer-major", "profiled"]
 
 
 def _simulate_with(monkeypatch, driver, cn, x):
@@ -37,7 +38,7 @@ def _simulate_with(monkeypatch, driver, cn, x):
         monkeypatch.setattr(Program, "samples_per_pass", lambda self, n_samples: n_samples)
     elif driver == "fused":
         assert build_program(cn).samples_per_pass(len(x)) == 1   # the test networks have a small state
-    return simulate(cn, x, record=True, fused=driver != "stepwise")
+    return simulate(cn, x, record=True, profile=driver == "profiled")
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -410,7 +411,7 @@ def test_collect_events_kernel(dt):
     assert ev_cnt[1] == 0
 
 
-@pytest.mark.parametrize("driver", ["fused", "stepwise"])
+@pytest.mark.parametrize("driver", ["fused", "profiled"])
 @pytest.mark.parametrize("model", ["ternary_lif", "ctsn_static"])
 def test_channel_major_events_match_reference(monkeypatch, model, driver):
     """Populations feeding large convs emit events channel by channel; the order must not change a result."""
@@ -419,7 +420,7 @@ def test_channel_major_events_match_reference(monkeypatch, model, driver):
     net, x, ref_out, ref_spikes, ref_ops = case("residual_net", model, "spikes")
     cn = compile_network(net, dtype="float64")
     assert sum(p.channel_major for p in cn.populations) >= 3
-    r = simulate(cn, x, record=True, fused=driver == "fused")
+    r = simulate(cn, x, record=True, profile=driver == "profiled")
     for name, s in ref_spikes.items():
         np.testing.assert_array_equal(r.spikes[name], s, err_msg=name)
     np.testing.assert_allclose(r.outputs, ref_out, rtol=0, atol=1e-12)
@@ -447,8 +448,8 @@ def test_reused_state_between_batches_changes_nothing():
 
 @pytest.mark.parametrize("conv_mode", ["kernel", "explicit"])
 def test_program_shares_the_compiled_weights(conv_mode):
-    """The fused driver's program holds the weights once: the compiled projections become views of it,
-    and both drivers still agree with the reference afterwards."""
+    """The driver's program holds the weights once: the compiled projections become views of it,
+    and the driver (profiled or not) still agrees with the reference afterwards."""
     net = networks.residual_net_pruned_taps(model="ternary_lif", encoding="spikes")
     cn = compile_network(net, dtype="float64", conv_mode=conv_mode)
     before = {(cp.name, k): a.copy() for cp in cn.projections for k, a in cp.arrays.items()}
@@ -466,8 +467,8 @@ def test_program_shares_the_compiled_weights(conv_mode):
     assert {cp.mode for cp in cn.projections} >= ({"conv_rows", "conv_taps"} if conv_mode == "kernel" else {"csr"})
     x = networks.random_input(net, 3, seed=2)
     ref_out = reference.simulate(net, x)[0]
-    for fused in (True, False):
-        np.testing.assert_allclose(simulate(cn, x, fused=fused).outputs, ref_out, rtol=0, atol=1e-12)
+    for profile in (False, True):
+        np.testing.assert_allclose(simulate(cn, x, profile=profile).outputs, ref_out, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -496,7 +497,7 @@ def test_state_of_every_population_starts_on_a_cache_line(dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_several_direct_input_projections(dtype):
     """Direct input feeding two populations, one of them twice, and the readout: the driver adds each
-    current to the biases in projection order, as the step-by-step path and the reference do."""
+    current to the biases in projection order, as the reference does; profiled or not, the same answer."""
     rng = np.random.default_rng(5)
     lif = {"tau": 0.5, "v_threshold": 0.6}
     n_in, hid = 10, 24
@@ -512,26 +513,26 @@ def test_several_direct_input_projections(dtype):
     net = Network(pops, projs, 4, (n_in,), encoding="direct", input_range=(0.0, 1.0))
     x = rng.random((5, n_in))
     cn = compile_network(net, dtype=dtype)
-    fused = simulate(cn, x, record=True)
-    step = simulate(cn, x, record=True, fused=False)
-    np.testing.assert_array_equal(fused.outputs, step.outputs)       # same arithmetic, same order
+    plain = simulate(cn, x, record=True)
+    step = simulate(cn, x, record=True, profile=True)
+    np.testing.assert_array_equal(plain.outputs, step.outputs)       # same arithmetic, same order
     for name in step.spikes:
-        np.testing.assert_array_equal(fused.spikes[name], step.spikes[name])
-    assert all(np.abs(s).sum() > 0 for s in fused.spikes.values())   # both populations spike
+        np.testing.assert_array_equal(plain.spikes[name], step.spikes[name])
+    assert all(np.abs(s).sum() > 0 for s in plain.spikes.values())   # both populations spike
     if dtype == "float64":
         ref_out, ref_spikes = reference.simulate(net, x)[:2]
-        np.testing.assert_allclose(fused.outputs, ref_out, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(plain.outputs, ref_out, rtol=0, atol=1e-12)
         for name in ref_spikes:
-            np.testing.assert_array_equal(fused.spikes[name], ref_spikes[name])
+            np.testing.assert_array_equal(plain.spikes[name], ref_spikes[name])
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_identity_of_scale_zero_counts_nothing(fused):
+@pytest.mark.parametrize("profile", [False, True])
+def test_identity_of_scale_zero_counts_nothing(profile):
     """A pruned shortcut (scale 0) adds nothing, so it performs and counts no operation."""
     net = networks.residual_net(shortcut_scale=0.0)
     x = networks.random_input(net, 3, seed=2)
     ref_out, ref_spikes, ref_ops = reference.simulate(net, x)
-    r = simulate(compile_network(net, dtype="float64"), x, record=True, fused=fused)
+    r = simulate(compile_network(net, dtype="float64"), x, record=True, profile=profile)
     np.testing.assert_allclose(r.outputs, ref_out, rtol=0, atol=1e-12)
     for name, s in ref_spikes.items():
         np.testing.assert_array_equal(r.spikes[name], s, err_msg=name)
@@ -558,3 +559,27 @@ def test_import_and_run_leave_the_environment_and_thread_count_alone():
     assert p.returncode == 0, p.stderr
     changed, n_threads = __import__("json").loads(p.stdout.splitlines()[-1])
     assert changed == [] and n_threads == 1
+
+
+def test_profile_shares_out_the_driver_time():
+    """A profiled run names every step of the program once, the driver's parts add up to its wall time,
+    and the kinds the network uses all took time (where the CPU has a clock evsim can read)."""
+    from evsim.clock import AVAILABLE
+    net = networks.residual_net(encoding="spikes")
+    cn = compile_network(net, dtype="float32")
+    r = run(cn, networks.random_input(net, 6, seed=2), batch_size=3, profile=True)
+    p = r.profile
+    assert p is not None and p.n_samples == 6
+    prog = build_program(cn)
+    assert len(p.parts) == len(prog.steps) + 3
+    assert [label for label, _, _ in p.parts[:len(prog.steps)]] == [
+        (cn.projections[j] if k == 0 else cn.populations[j]).name for k, j in prog.steps]
+    assert 0 < p.driver_s <= p.total_s
+    if AVAILABLE:
+        assert p.available
+        driver = sum(sec for _, what, sec in p.parts if not what.startswith("dense MACs"))
+        assert abs(driver - p.driver_s) <= 1e-9 * max(1.0, p.driver_s)
+        kinds = p.by_kind()
+        assert all(kinds[cp.mode] > 0 for cp in cn.projections)
+        assert kinds["fire ternary_lif"] > 0
+    assert simulate(cn, networks.random_input(net, 2, seed=2)).profile is None

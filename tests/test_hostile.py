@@ -383,11 +383,12 @@ def test_deep_cycle_is_named_briefly():
 
 def test_chain_file_at_the_object_limit_reads(tmp_path):
     """1 999 populations and 2 000 projections in a chain, the most the default EVSIM_MAX_OBJECTS allows:
-    read in seconds."""
+    read in seconds (about 5 s on a quiet 2-core machine, h5py's ~0.1 ms per attribute; the bound is a guard
+    against a hang or a quadratic walk, loose enough for a loaded CI machine)."""
     path = evsim.write_network(chain(1_999), tmp_path / "chain.h5")
     t0 = time.perf_counter()
     assert len(read_network(path).projections) == 2_000
-    assert time.perf_counter() - t0 < 10.0
+    assert time.perf_counter() - t0 < 30.0
 
 
 def test_deep_chain_file_is_refused_by_the_object_limit(tmp_path):

@@ -4,8 +4,9 @@ A graph projection (``linear``, ``conv2d``, ``identity``: evsim.graph) is lowere
 one of these kinds; the kind's name is its ``mode`` everywhere (compiled network, program table,
 reports, tests). Each module owns its three forms: ``lower`` (graph -> its arrays), ``pack`` (its
 row of the driver's table and its slice of the shared buffers) and its Numba kernel with the
-decoding of that row (``scatter_packed``), plus a batch form (``scatter_batch``,
-``scatter_stepwise``) for the step-by-step engine. ``dense`` (a direct-encoded input) has no event
+decoding of that row (``scatter_packed``), plus ``scatter_batch``, the same kernel over a batch of
+samples, which the kernel tests and the kernel micro-benchmark call directly (the engine itself runs
+only the driver). ``dense`` (a direct-encoded input) has no event
 kernel: its current is computed once per sample (``current``).
 
 Adding a kind: a module with that interface, an entry in :data:`EVENT_KINDS`, and one line in the

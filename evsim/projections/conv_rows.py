@@ -211,9 +211,3 @@ def scatter_batch(ev_idx, ev_sign, ev_cnt, c_in, w_in, kh, kw, row_map, col_plan
         syn_ops[n] += conv_rows(ev_idx[n], ev_sign[n], ev_cnt[n], c_in, w_in, kh, kw, row_map, col_plan, w_out,
                                 c_out, row_w, row_nnz_cum, has_zeros, acc[n])
 
-
-def scatter_stepwise(cp, ev_idx, ev_sign, ev_cnt, acc, syn_ops) -> None:
-    """The step-by-step engine's call: a batch's events through this projection; ``acc`` (N, n_target)."""
-    a, g = cp.arrays, cp.geometry
-    scatter_batch(ev_idx, ev_sign, ev_cnt, g.c_in, g.w_in, g.kernel[0], g.kernel[1], a["row_map"], a["col_plan"],
-                  g.w_out, g.c_out, a["row_w"], a["row_nnz_cum"], bool(a["has_zeros"]), acc, syn_ops)

@@ -131,10 +131,3 @@ def scatter_batch(ev_idx, ev_sign, ev_cnt, c_in, w_in, tap_ptr, tap_y, tap_x, ta
         syn_ops[n] += conv_taps(ev_idx[n], ev_sign[n], ev_cnt[n], c_in, w_in, tap_ptr, tap_y, tap_x, tap_w,
                                 tap_nnz, row_map, col_map, w_out, acc[n])
 
-
-def scatter_stepwise(cp, ev_idx, ev_sign, ev_cnt, acc, syn_ops) -> None:
-    """The step-by-step engine's call: a batch's events through this projection; ``acc`` (N, n_target)."""
-    a, g = cp.arrays, cp.geometry
-    scatter_batch(ev_idx, ev_sign, ev_cnt, g.c_in, g.w_in, a["tap_ptr"], a["tap_y"], a["tap_x"], a["tap_w"],
-                  a["tap_nnz"], a["row_map"], a["col_map"], g.w_out,
-                  acc.reshape(acc.shape[0], g.h_out * g.w_out, g.c_out), syn_ops)

@@ -177,8 +177,3 @@ def scatter_batch(ev_idx, ev_sign, ev_cnt, indptr, indices, data, acc, syn_ops):
     for n in prange(ev_cnt.shape[0]):
         syn_ops[n] += csr(ev_idx[n], ev_sign[n], ev_cnt[n], indptr, indices, data, acc[n])
 
-
-def scatter_stepwise(cp, ev_idx, ev_sign, ev_cnt, acc, syn_ops) -> None:
-    """The step-by-step engine's call: a batch's events through this projection; ``acc`` (N, n_target)."""
-    a = cp.arrays
-    scatter_batch(ev_idx, ev_sign, ev_cnt, a["indptr"], a["indices"], a["data"], acc, syn_ops)

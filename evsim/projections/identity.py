@@ -50,7 +50,3 @@ def scatter_batch(ev_idx, ev_sign, ev_cnt, scale, acc, syn_ops):
     for n in prange(ev_cnt.shape[0]):
         syn_ops[n] += identity(ev_idx[n], ev_sign[n], ev_cnt[n], scale, acc[n])
 
-
-def scatter_stepwise(cp, ev_idx, ev_sign, ev_cnt, acc, syn_ops) -> None:
-    """The step-by-step engine's call: a batch's events through this projection."""
-    scatter_batch(ev_idx, ev_sign, ev_cnt, acc.dtype.type(cp.scale), acc, syn_ops)
