@@ -111,6 +111,7 @@ class CompiledPopulation:
     params: np.ndarray      # [tau, v_threshold, k_alpha, k_beta, k_gamma]
     bias: np.ndarray        # (P * C,) sum of the folded biases of all incoming projections
     channel_major: bool = False   # emit events channel by channel (feeds a conv with large weights)
+    fixed: tuple[int, int, int] = (0, 0, 0)   # fixed point: (shift, membrane min, membrane max); floats: unused
 
     @property
     def size(self) -> int:

@@ -115,9 +115,63 @@ jitcache.set_variant(SELECTED)
 
 from .tuning import LANES, ROWS  # noqa: E402
 
+from numba.core import types  # noqa: E402
+from numba.extending import overload  # noqa: E402
+
 if SELECTED == "ir":
-    from .simd import add_event_runs, add_run, add_runs, queue16
+    from .simd import add_event_runs as _ir_add_event_runs, add_run as _ir_add_run, add_runs as _ir_add_runs
+    from .simd import queue16
 else:
-    from .simd_plain import add_event_runs, add_run, add_runs, queue16
+    from .simd_plain import queue16
+
+# The synaptic runs by the accumulators' type: the IR (when selected) is written for float32/float64
+# (it flips the weight's sign bit); integer accumulators (fixed-point networks, evsim.fixedpoint) take
+# the plain loops, which add or subtract by the spike's sign and which LLVM vectorises for integers
+# too. Resolved when a kernel is compiled: no run-time test.
+
+
+def add_run(acc, a0, w, b0, n, sign):
+    """``acc[a0 + j] += w[b0 + j]`` for ``j < n`` (``-=`` when ``sign`` is -1); see :mod:`evsim.simd`."""
+    raise NotImplementedError("compiled only (Numba)")
+
+
+def add_runs(acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n):
+    """The runs of a group of events; see :func:`evsim.simd.add_runs`."""
+    raise NotImplementedError("compiled only (Numba)")
+
+
+def add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n):
+    """:func:`add_runs` for a stretch of a queue; see :func:`evsim.simd.add_event_runs`."""
+    raise NotImplementedError("compiled only (Numba)")
+
+
+def _ir_for(acc) -> bool:
+    return SELECTED == "ir" and isinstance(acc, types.Array) and isinstance(acc.dtype, types.Float)
+
+
+@overload(add_run, inline="always")
+def _add_run(acc, a0, w, b0, n, sign):
+    if _ir_for(acc):
+        return lambda acc, a0, w, b0, n, sign: _ir_add_run(acc, a0, w, b0, n, sign)
+    return lambda acc, a0, w, b0, n, sign: simd_plain.add_run(acc, a0, w, b0, n, sign)
+
+
+@overload(add_runs, inline="always")
+def _add_runs(acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n):
+    if _ir_for(acc):
+        return lambda acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n: _ir_add_runs(
+            acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n)
+    return lambda acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n: simd_plain.add_runs(
+        acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n)
+
+
+@overload(add_event_runs, inline="always")
+def _add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n):
+    if _ir_for(acc):
+        return lambda acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n: \
+            _ir_add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n)
+    return lambda acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n: \
+        simd_plain.add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n)
+
 
 __all__ = ["LANES", "ROWS", "SELECTED", "add_event_runs", "add_run", "add_runs", "queue16"]

@@ -38,7 +38,8 @@ class Program:
     pop_size: np.ndarray       # (P,) neurons of each population: it ends at pop_off[i] + pop_size[i]
     h_off: np.ndarray          # (P+1,) offsets in the complement state (CTSN populations only)
     pop_code: np.ndarray
-    pop_params: np.ndarray     # (P, 5)
+    pop_params: np.ndarray     # (P, 5); int64 for a fixed-point network
+    pop_fixed: np.ndarray      # (P, 3) int64: (shift, membrane min, membrane max) of a fixed-point network
     pop_channels: np.ndarray
     pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
     state_bytes: int = 0       # state touched per sample and timestep (membranes, drive, events, frames)
@@ -50,7 +51,7 @@ class Program:
         """The arrays the driver reads, as one named record (:class:`evsim.kernels.ProgramRecord`)."""
         from .kernels import ProgramRecord
         return ProgramRecord(self.steps, self.desc, self.scale, self.ibuf, self.i32buf, self.fbuf, self.pop_off,
-                             self.pop_size, self.h_off, self.pop_code, self.pop_params, self.pop_channels,
+                             self.pop_size, self.h_off, self.pop_code, self.pop_params, self.pop_fixed, self.pop_channels,
                              self.pop_channel_major, self.bias)
 
     def samples_per_pass(self, n_samples: int) -> int:
@@ -157,7 +158,8 @@ def _build(net: CompiledNetwork) -> Program:
         pop_size=np.array(sizes, dtype=np.int64),
         h_off=np.concatenate([[0], np.cumsum(hsizes)]).astype(np.int64),
         pop_code=np.array([p.code for p in pops], dtype=np.int64),
-        pop_params=np.array([p.params for p in pops], dtype=dt).reshape(len(pops), 5),
+        pop_params=np.array([p.params for p in pops], dtype=np.int64 if dt.kind == "i" else dt).reshape(len(pops), 5),
+        pop_fixed=np.array([p.fixed for p in pops], dtype=np.int64).reshape(len(pops), 3),
         pop_channels=np.array([p.channels for p in pops], dtype=np.int64),
         pop_channel_major=np.array([p.channel_major for p in pops], dtype=np.int64),
         # membrane, drive (float), event index (int32), event sign and frame (int8), complement
