@@ -216,9 +216,8 @@ def neuron_params(node: Node, rule: str, dt: float, reset: str, discretisation: 
         beta, gain = _decay_gain(node, _uniform(node, "tau"), _uniform(node, "r", 1.0), rule, dt)
         return ("binary_lif_sub" if sub else "binary_lif"), {"tau": beta, "v_threshold": v_th}, gain
     if t == "CubaLIF":
-        if discretisation == "norse":
-            raise NirError(f"NIR node {node.name!r} (CubaLIF): Norse's CubaLIF feeds the membrane the previous step's "
-                           f"current, which evsim's cuba_lif does not model; use --discretisation snntorch or exp")
+        # every rule (Norse 1.1.0's from_nir included: a LIBoxCell synapse into a LIFBoxCell) feeds the membrane the
+        # current of the same step, as evsim's cuba_lif does (docs/NIR.md, "Measured against Norse")
         alpha, g_syn = _decay_gain(node, _uniform(node, "tau_syn"), _uniform(node, "w_in", 1.0), rule, dt)
         beta, g_mem = _decay_gain(node, _uniform(node, "tau_mem"), _uniform(node, "r", 1.0), rule, dt)
         return ("cuba_lif_sub" if sub else "cuba_lif"), {"tau": beta, "v_threshold": v_th, "k_syn": alpha}, \
