@@ -400,7 +400,7 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
     acc[...] = 0.0
     ops = np.zeros(n_samples, np.int64)
     row_map = geom.offset_maps()[0]
-    args = (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["row_nnz_cum"],
+    args = (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["reach"],
             bool(a["has_zeros"]), acc, ops)
     KR.scatter_batch(*args)
     ops[:] = 0

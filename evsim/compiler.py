@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NetworkError
+from .fixedpoint import membrane_range
 from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
 from .layout import cl_permutation
 from .limits import Limits
@@ -34,7 +35,9 @@ from .projections import KINDS, conv_rows, conv_taps, csr, dense, identity
 from .projections.csr import DEFAULT_EXPLICIT_LIMIT_MB
 from .tuning import CHANNEL_MAJOR_WEIGHT_BYTES
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
+DTYPES = {"float32": np.float32, "float64": np.float64, "int16": np.int16, "int32": np.int32}
+FLOAT_DTYPES = ("float32", "float64")
+INT_DTYPES = ("int16", "int32")     # fixed-point networks only (evsim.fixedpoint)
 CONV_MODES = ("kernel", "explicit")
 
 
@@ -94,6 +97,7 @@ class CompiledProjection:
     # direct input only: the MACs one non-zero input value costs (non-zero synapses it reaches inside
     # the target), per input neuron in PyTorch order; the MACs of an event processor, which skips zeros
     input_reach: np.ndarray | None = None
+    rescale: tuple[int, int] | None = None   # fixed point, direct input: current = (acc * mult) >> shift
 
     @property
     def nbytes(self) -> int:
@@ -220,6 +224,33 @@ def check_range(network: Network, dtype: str) -> None:
                                  f"compile for float64 or rescale the weights")
 
 
+def engine_dtype(network: Network, requested: str, explicit: bool = True) -> str:
+    """The arithmetic a run of ``network`` uses when ``requested`` is asked for: a fixed-point network runs
+    in integers, so a float type that was not asked for explicitly (a default) means int32 there; a float
+    asked for explicitly with a fixed-point network, or an integer type with a real-valued one, is refused
+    in one line."""
+    fixed = network.fixed_point is not None
+    if fixed and requested not in INT_DTYPES:
+        if not explicit:
+            return "int32"
+        raise NetworkError(f"dtype {requested}: this is a fixed-point network (evsim quantize), which runs in "
+                           f"integer arithmetic: use int32 or int16")
+    if not fixed and requested in INT_DTYPES:
+        raise NetworkError(f"dtype {requested} runs fixed-point networks only; this one is real-valued (make a "
+                           f"fixed-point one with evsim quantize)")
+    return requested
+
+
+def direct_dtype(network: Network, pr: Projection, dt):
+    """The type a direct-input projection accumulates in: the run's for a real network; for a fixed-point
+    one int32 when the largest sum of |input level x weight level| fits it (8-bit inputs and weights
+    always do: twice the speed of int64 on the same vector width), int64 otherwise. Exact either way."""
+    if network.fixed_point is None:
+        return dt
+    from .fixedpoint import direct_level_bound
+    return np.int32 if direct_level_bound(network, pr) < 2 ** 31 else np.int64
+
+
 def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel",
                     explicit_limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB,
                     limits: Limits | None = None) -> CompiledNetwork:
@@ -230,13 +261,22 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
     :meth:`evsim.limits.Limits.from_env`).
     """
     if dtype not in DTYPES:
-        raise NetworkError(f"unknown dtype {dtype!r} (use float32 or float64)")
+        raise NetworkError(f"unknown dtype {dtype!r} (use float32 or float64; int32 or int16 for a fixed-point network)")
+    fx = network.fixed_point
+    if fx is None and dtype in INT_DTYPES:
+        raise NetworkError(f"{dtype} runs fixed-point networks only; make one with `evsim quantize`")
+    if fx is not None and dtype in FLOAT_DTYPES:
+        raise NetworkError(f"a fixed-point network runs in integer arithmetic: dtype int32 or int16, not {dtype}")
+    if fx is not None and dtype == "int16" and fx.accumulator_bits > 16:
+        raise NetworkError(f"this fixed-point network's accumulators can need {fx.accumulator_bits} bits: "
+                           f"int16 cannot hold them, use int32")
     if conv_mode not in CONV_MODES:
         raise NetworkError(f"unknown conv mode {conv_mode!r} (known: {', '.join(CONV_MODES)})")
     dt = DTYPES[dtype]
     limits = limits or Limits.from_env()
     network.validate()
-    check_range(network, dtype)
+    if fx is None:
+        check_range(network, dtype)          # a fixed-point network's range is checked by its accumulator_bits
     order = network.topological_order()
     pops = {p.name: p for p in network.populations}
     index = {name: i for i, name in enumerate(order)}
@@ -245,10 +285,12 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
         p: Population = pops[name]
         c, npos = p.channels_positions
         cpops.append(CompiledPopulation(name, p.shape, c, npos, p.model, p.neuron.code,
-                                        np.asarray(p.neuron.vector(p.params), dtype=dt),
+                                        np.asarray(p.neuron.vector(p.params), dtype=np.int64 if fx else dt),
                                         np.zeros(c * npos, dtype=dt)))
+        if fx is not None:
+            cpops[-1].fixed = (fx.frac_bits, *membrane_range(fx.membrane_bits))
     n_out = network.n_classes
-    readout_bias = np.zeros(n_out, dtype=np.float64)
+    readout_bias = np.zeros(n_out, dtype=np.int64 if fx else np.float64)
     cprojs: list[CompiledProjection] = []
     incoming: list[list[int]] = [[] for _ in order]
     readout_incoming: list[int] = []
@@ -273,14 +315,17 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             cp.dense_macs = int(pr.weight.size)
         cp.mode = choose_kind(pr, network.encoding, conv_mode)
         if cp.mode == dense.NAME:
-            cp.arrays, cp.direct_macs, cp.input_reach = dense.lower(pr, geom, dt, src_shape, tgt_shape)
+            cp.arrays, cp.direct_macs, cp.input_reach = dense.lower(pr, geom, direct_dtype(network, pr, dt),
+                                                                    src_shape, tgt_shape)
+            if fx is not None:
+                cp.rescale = fx.rescale[pr.name]
         elif cp.mode == csr.NAME:
             cp.arrays = csr.lower(pr, geom, dt, src_shape, tgt_shape, explicit_limit_mb)
         else:
             cp.arrays = KINDS[cp.mode].lower(pr, geom, dt)
         if pr.bias is not None:
             if tgt < 0:
-                readout_bias += pr.bias
+                readout_bias += pr.bias.astype(readout_bias.dtype)
             else:
                 if pr.kind == "linear":      # one bias per target neuron, PyTorch order
                     b = pr.bias[cl_permutation(tgt_shape)]
@@ -301,7 +346,7 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             if w.nbytes > CHANNEL_MAJOR_WEIGHT_BYTES:
                 cpops[cp.source].channel_major = True
     net = CompiledNetwork(network, np.dtype(dt), cpops, cprojs, incoming, readout_incoming, direct,
-                          readout_bias.astype(dt), n_out, conv_mode)
+                          readout_bias if fx else readout_bias.astype(dt), n_out, conv_mode)
     from .program import build_program      # program.py builds on this module's types
     build_program(net)
     return net

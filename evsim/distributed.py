@@ -98,10 +98,24 @@ def _scale(text: str) -> float:
     return v
 
 
+def _bits(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise EvalError(f"{name} must be an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise EvalError(f"{name} must be between {lo} and {hi}, got {v}")
+        return v
+    return parse
+
+
 # name -> (parse one value, what it does)
 PARAMETERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "timesteps": (_timesteps, "the network's T"),
     "threshold_scale": (_scale, "multiplies every population's v_threshold"),
+    "weight_bits": (_bits("weight_bits", 2, 16), "quantises the network (evsim quantize) to B-bit weights; runs in int32"),
+    "membrane_bits": (_bits("membrane_bits", 4, 32), "with weight_bits: the membranes' width (default 16)"),
 }
 
 
@@ -115,9 +129,15 @@ def parse_params(items: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def apply_params(network, params: dict[str, Any]):
-    """A copy of ``network`` with the point's parameters applied (the original is left as it is)."""
+    """A copy of ``network`` with the point's parameters applied (the original is left as it is): T and the
+    threshold scale first, then, with ``weight_bits``, the post-training quantiser of :mod:`evsim.fixedpoint`
+    on the result (the same network ``evsim quantize`` would write)."""
     if not params:
         return network
+    if "membrane_bits" in params and "weight_bits" not in params:
+        raise EvalError("membrane_bits goes with weight_bits (it is a width of the quantised network)")
+    if "weight_bits" in params and network.fixed_point is not None:
+        raise EvalError("weight_bits quantises a real-valued network; this one is fixed point already")
     pops = list(network.populations)
     if "threshold_scale" in params:
         s = float(params["threshold_scale"])
@@ -130,6 +150,9 @@ def apply_params(network, params: dict[str, Any]):
         raise
     except ValueError as e:
         raise EvalError(f"parameters {params}: {e}") from None
+    if "weight_bits" in params:
+        from .fixedpoint import quantize
+        net = quantize(net, int(params["weight_bits"]), membrane_bits=int(params.get("membrane_bits", 16)))
     return net
 
 
@@ -384,6 +407,8 @@ class PartialStore:
         from .files import open_regular
         self.dir = Path(str(out) + ".partial")
         self.manifest = manifest
+        # a fixed-point run's outputs are int64 sums over T (evsim.engine.output_dtype), a real run's its float type
+        self.outputs_dtype = np.dtype(np.int64 if manifest["dtype"] in ("int16", "int32") else manifest["dtype"])
         if os.path.lexists(self.dir):
             if os.path.islink(self.dir) or not self.dir.is_dir():
                 raise EvalError(f"{self.dir}: exists and is not a directory of partial results")
@@ -439,7 +464,7 @@ class PartialStore:
             return None
         for k, shape in want.items():
             if res[k].shape != shape or (k != "outputs" and res[k].dtype != np.int64) or \
-                    (k == "outputs" and res[k].dtype != np.dtype(self.manifest["dtype"])):
+                    (k == "outputs" and res[k].dtype != self.outputs_dtype):
                 return None
         return res
 
@@ -485,7 +510,8 @@ def _report(net, totals: dict, n: int, energy: str, mac_basis: str):
     for kind in PROJ_COUNTERS:
         getattr(c, kind).update({p.name: np.array([totals[kind][i]], dtype=np.int64)
                                  for i, p in enumerate(net.projections)})
-    outputs = np.broadcast_to(np.zeros((1, net.n_outputs), dtype=net.dtype), (n, net.n_outputs))
+    from .engine import output_dtype
+    outputs = np.broadcast_to(np.zeros((1, net.n_outputs), dtype=output_dtype(net)), (n, net.n_outputs))
     return build_report(net, SimulationResult(outputs=outputs, counters=c, timesteps=net.network.timesteps),
                         energy, mac_basis)
 
@@ -522,6 +548,8 @@ def evaluate(weights, data, labels=None, *, runner_=None, workers: int | None = 
     network = read_network(weights) if isinstance(weights, (str, os.PathLike)) else weights
     key = _network_key or network_key(network)
     point = apply_params(network, params)
+    from .compiler import engine_dtype
+    dtype = engine_dtype(point, dtype, explicit=False)   # a fixed-point point runs in int32 (int16 if asked)
     if out is not None:
         out = check_writable_target(out, force, "results file")
     own_source = isinstance(data, (str, os.PathLike))
@@ -681,7 +709,8 @@ def _write_results(out, force, result, net, store, spans, manifest, weights, dat
         s.create_dataset("predictions", data=result.predictions)
         if result.labels is not None:
             s.create_dataset("labels", data=result.labels)
-        ds = {"outputs": s.create_dataset("outputs", (n, n_out), dtype=net.dtype),
+        from .engine import output_dtype
+        ds = {"outputs": s.create_dataset("outputs", (n, n_out), dtype=output_dtype(net)),
               "input_events": s.create_dataset("input_events", (n,), dtype=np.int64)}
         for k, c in cols.items():
             ds[k] = s.create_dataset(k, (n, c), dtype=np.int64)

@@ -145,18 +145,46 @@ def check_input(net: CompiledNetwork, x: np.ndarray) -> np.ndarray:
         if xmin < lo or xmax > hi:
             raise InputError(f"input values span [{xmin:g}, {xmax:g}] but the network expects [{lo:g}, {hi:g}]"
                              f" (was the data scaled as in training?)")
+    if g.fixed_point is not None:        # the chip's input: integer levels (evsim.fixedpoint)
+        return np.ascontiguousarray(g.fixed_point.quantise_input(x))
     return np.ascontiguousarray(x.astype(net.dtype))
 
 
 def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
-    """Dense current of a direct-input projection, (N, n_target) channels-last."""
-    return dense.current(net.projections[pi], x, net.network.input_shape)
+    """Dense current of a direct-input projection, (N, n_target) channels-last. Fixed point: the exact
+    int64 sum of input levels times weight levels, rescaled to the target's units by (mult, shift)."""
+    cp = net.projections[pi]
+    if cp.rescale is not None:       # the levels in the accumulator's type (int32 where it holds every sum)
+        x = x.astype(cp.arrays["weight_t"].dtype, copy=False)
+    cur = dense.current(cp, x, net.network.input_shape)
+    if cp.rescale is not None:
+        mult, shift = cp.rescale
+        cur = (cur.astype(np.int64) * np.int64(mult)) >> np.int64(shift)
+        return cur if cp.target < 0 else cur.astype(net.dtype)
+    return cur
+
+
+def output_dtype(net: CompiledNetwork):
+    """The type of a run's outputs: the readout accumulates T steps, in int64 for a fixed-point network (never
+    saturates), else in the run's float type."""
+    return np.int64 if net.network.fixed_point is not None else net.dtype
+
+
+def readout_dtype(net: CompiledNetwork):
+    """The type the driver's readout accumulates the T steps of event-driven input in: the run's, unless a
+    fixed-point network's readout could outgrow it (then int64, which never saturates; the synaptic runs
+    then take the plain loops, whose types may differ)."""
+    g = net.network
+    if g.fixed_point is None:
+        return net.dtype
+    from .fixedpoint import readout_event_bound
+    return net.dtype if readout_event_bound(g) < np.iinfo(net.dtype).max else np.int64
 
 
 def _direct_currents(net: CompiledNetwork, x: np.ndarray) -> tuple[np.ndarray, list]:
     """The direct-input currents of a batch: the readout's share, summed (N, n_outputs), and
     ``(target population, current (N, size))`` for the others, in projection order."""
-    direct_out = np.zeros((x.shape[0], net.n_outputs), dtype=net.dtype)
+    direct_out = np.zeros((x.shape[0], net.n_outputs), dtype=output_dtype(net))
     to_populations = []
     for pi in net.direct:
         cp = net.projections[pi]
@@ -173,7 +201,10 @@ def _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input
     N = x.shape[0]
     nonzero = None
     dt = net.dtype
-    outputs = out_acc / dt.type(T) + net.readout_bias + direct_out
+    if net.network.fixed_point is not None:     # integer outputs: the readout's sum over T, in its units
+        outputs = out_acc.astype(np.int64) + np.int64(T) * (net.readout_bias + direct_out)
+    else:
+        outputs = out_acc / dt.type(T) + net.readout_bias + direct_out
     counters = Counters(input_events=input_events)
     for i, p in enumerate(net.populations):
         counters.spikes_pos[p.name] = n_pos[i]
@@ -267,7 +298,7 @@ def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, 
     syn_ops = np.zeros((N, J), dtype=np.int64)
     events_in = np.zeros((N, J), dtype=np.int64)
     input_events = np.zeros(N, dtype=np.int64)
-    out_acc = np.zeros((N, net.n_outputs), dtype=dt)
+    out_acc = np.zeros((N, net.n_outputs), dtype=readout_dtype(net))
     spike_input = g.encoding == "spikes"
     n_in = int(np.prod(g.input_shape))
     if spike_input:

@@ -1,10 +1,11 @@
-"""HDF5 file format v1 for folded networks (see docs/FORMAT.md).
+"""HDF5 file format v1 (and v2, fixed point) for folded networks (see docs/FORMAT.md).
 
 Layout::
 
-    /                     attrs: format="evsim-network", format_version=1,
+    /                     attrs: format="evsim-network", format_version=1 (2 with fixed_point),
                                  timesteps, input_shape, encoding, readout,
-                                 input_range (optional), provenance (JSON)
+                                 input_range (optional), provenance (JSON),
+                                 fixed_point (JSON, v2 only: docs/FIXED_POINT.md)
     /class_names          (n_classes,) UTF-8 strings, optional
     /populations/<name>   attrs: index, shape, model, and one attr per constant
     /projections/<name>   attrs: index, source, target, kind, stride, padding, scale
@@ -36,8 +37,15 @@ from .limits import NEURON_BYTES, Limits
 from .neurons import NEURON_MODELS
 
 FORMAT_NAME = "evsim-network"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1              # what a real-valued network is written as (readers older than v2 read it)
+FIXED_POINT_VERSION = 2         # a fixed-point network (root attribute fixed_point): older readers must refuse it
+SUPPORTED_VERSIONS = (1, 2)
+MAX_FIXED_POINT_CHARS = 1 << 20     # the fixed_point JSON (a few numbers per population and projection)
+
+
+def file_version(network: Network) -> int:
+    """The format version ``network`` is written as: 2 only when it needs it (fixed point)."""
+    return FIXED_POINT_VERSION if network.fixed_point is not None else FORMAT_VERSION
 
 
 def write_network(network: Network, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -50,7 +58,7 @@ def write_network(network: Network, path: str | os.PathLike, overwrite: bool = F
     path = Path(path)
     with atomic_write(path, force=overwrite, what="network file") as fobj, h5py.File(fobj, "w") as f:
         f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format_version"] = file_version(network)
         f.attrs["timesteps"] = network.timesteps
         f.attrs["input_shape"] = np.asarray(network.input_shape, dtype=np.int64)
         f.attrs["encoding"] = network.encoding
@@ -58,6 +66,8 @@ def write_network(network: Network, path: str | os.PathLike, overwrite: bool = F
         if network.input_range is not None:
             f.attrs["input_range"] = np.asarray(network.input_range, dtype=np.float64)
         f.attrs["provenance"] = json.dumps(network.provenance, sort_keys=True, default=str)
+        if network.fixed_point is not None:
+            f.attrs["fixed_point"] = network.fixed_point.to_json()
         if network.class_names is not None:
             f.create_dataset("class_names", data=np.asarray(network.class_names, dtype=object),
                              dtype=h5py.string_dtype("utf-8"))
@@ -423,6 +433,27 @@ def _provenance(f: h5py.File, where: str) -> dict:
     return value
 
 
+def _fixed_point(f: h5py.File, where: str, version: int):
+    """The root's ``fixed_point`` record (a JSON object, docs/FIXED_POINT.md), required in a version 2 file
+    and refused in a version 1 file (a v1 reader would ignore it and run integers as reals). Its values
+    are checked against the network by :func:`evsim.fixedpoint.check` once the arrays are read."""
+    from .fixedpoint import FixedPoint
+    text = _text(f, "fixed_point", where, required=False)
+    if (text is None) != (version < FIXED_POINT_VERSION):
+        raise FormatError(f"{where}: format version {version} " + (
+            "is a fixed-point network but has no attribute 'fixed_point'" if text is None else
+            f"has an attribute 'fixed_point', which needs version {FIXED_POINT_VERSION}"))
+    if text is None:
+        return None
+    if len(text) > MAX_FIXED_POINT_CHARS:
+        raise FormatError(f"{where}: attribute 'fixed_point' holds {len(text)} characters, more than the "
+                          f"{MAX_FIXED_POINT_CHARS} evsim reads")
+    try:
+        return FixedPoint.from_json(text)
+    except NetworkError as e:
+        raise FormatError(f"{where}: {e}") from None
+
+
 def _read(f: h5py.File, where: str, limits: Limits) -> Network:
     fmt = _attribute(f, "format", where, required=False)
     if _as_text(fmt) != FORMAT_NAME:
@@ -444,6 +475,7 @@ def _read(f: h5py.File, where: str, limits: Limits) -> Network:
             raise FormatError(f"{where}: input_range must hold two numbers (lo, hi), got {_show(input_range)}")
         input_range = tuple(float(x) for x in input_range)
     provenance = _provenance(f, where)
+    fixed_point = _fixed_point(f, where, version)
     groups = {}
     for grp in ("populations", "projections"):
         g = _member(f, grp, where, f"/{grp}")
@@ -497,7 +529,8 @@ def _read(f: h5py.File, where: str, limits: Limits) -> Network:
         need += class_names.size * class_names.dtype.itemsize
     limits.check_bytes(f"{where}: the network as a whole", need)
     net = Network(populations=populations, projections=projections, timesteps=timesteps, input_shape=input_shape,
-                  encoding=encoding, readout=readout, input_range=input_range, provenance=provenance)
+                  encoding=encoding, readout=readout, input_range=input_range, provenance=provenance,
+                  fixed_point=fixed_point)
     try:
         net.validate(values=False)
         if class_names is not None and len(class_names) != net.n_classes:

@@ -137,6 +137,8 @@ class Network:
     class_names: list[str] | None = None
     input_range: tuple[float, float] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    # a fixed-point network (evsim.fixedpoint.FixedPoint): every number an integer in its units; None: real
+    fixed_point: Any = None
 
     def __post_init__(self):
         self.input_shape = tuple(int(s) for s in self.input_shape)
@@ -261,6 +263,9 @@ class Network:
             if pop.name not in fed:
                 raise NetworkError(f"population {pop.name!r} receives no projection")
         self.topological_order()
+        if self.fixed_point is not None and values:
+            from .fixedpoint import check
+            check(self)
         return self
 
     def _validate_projection(self, pr: Projection, shapes: dict[str, tuple[int, ...]], values: bool) -> None:

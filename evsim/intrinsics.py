@@ -53,13 +53,20 @@ def _probe_inputs():
     return frame, w, acc, rows_a, rows_b, offsets, signs, ev_idx
 
 
-def _exercise(drive):
-    """Run every building block through ``drive`` on fixed inputs; return what each produced."""
+def _exercise(drive, drive_int):
+    """Run every building block through ``drive`` (and the integer runs through ``drive_int``) on fixed
+    inputs; return what each produced."""
     frame, w, acc, rows_a, rows_b, offsets, signs, ev_idx = _probe_inputs()
     idx, sgn = np.zeros(48, np.int32), np.zeros(48, np.int8)
     acc1, acc2, acc3 = acc.copy(), acc.copy(), acc.copy()
     c = drive(frame, idx, sgn, acc1, w, acc2, rows_a, rows_b, offsets, signs, acc3, ev_idx)
-    return c, idx, sgn, acc1, acc2, acc3
+    ints = []
+    for dt in (np.int16, np.int32):        # fixed-point networks' accumulators
+        wi, ai = (w * 100).astype(dt), (acc * 100).astype(dt)
+        a1, a2 = ai.copy(), ai.copy()
+        drive_int(a1, wi, a2, rows_a, rows_b, offsets, signs)
+        ints += [a1.view(np.uint32 if dt == np.int32 else np.uint16), a2.view(np.uint32 if dt == np.int32 else np.uint16)]
+    return (c, idx, sgn, acc1.view(np.uint32), acc2.view(np.uint32), acc3.view(np.uint32), *ints)
 
 
 @njit(cache=True)
@@ -71,6 +78,18 @@ def _drive_plain(frame, idx, sgn, acc1, w, acc2, rows_a, rows_b, offsets, signs,
     simd_plain.add_event_runs(acc3, rows_a, w, rows_b, np.uint64(2), ev_idx, signs, np.uint64(0), np.uint64(3),
                               np.uint64(3), np.uint64(10), np.uint64(21))
     return c2
+
+
+@njit(cache=True)
+def _drive_plain_int(acc1, w, acc2, rows_a, rows_b, offsets, signs):
+    simd_plain.add_run(acc1, np.uint64(5), w, np.uint64(7), np.uint64(37), np.int8(-1))
+    simd_plain.add_runs(acc2, rows_a, w, rows_b, np.uint64(3), offsets, signs, np.uint64(3), np.uint64(33))
+
+
+@njit(cache=True)
+def _drive_ir_int(acc1, w, acc2, rows_a, rows_b, offsets, signs):
+    simd.add_run(acc1, np.uint64(5), w, np.uint64(7), np.uint64(37), np.int8(-1))
+    simd.add_runs(acc2, rows_a, w, rows_b, np.uint64(3), offsets, signs, np.uint64(3), np.uint64(33))
 
 
 @njit(cache=True)
@@ -87,7 +106,7 @@ def _drive_ir(frame, idx, sgn, acc1, w, acc2, rows_a, rows_b, offsets, signs, ac
 def _same(got, want) -> bool:
     n = int(want[0]) & 0xFFFFFFFF
     return bool(got[0] == want[0] and np.array_equal(got[1][:n], want[1][:n]) and np.array_equal(got[2][:n], want[2][:n])
-                and all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(got[3:], want[3:])))
+                and all(np.array_equal(a, b) for a, b in zip(got[3:], want[3:])))
 
 
 def _select() -> str:
@@ -96,14 +115,14 @@ def _select() -> str:
     try:
         if simd is None:
             raise _SIMD_IMPORT_ERROR
-        got = _exercise(_drive_ir)
+        got = _exercise(_drive_ir, _drive_ir_int)
     except Exception as e:            # the IR does not build here: run the plain loops instead
         first = str(e).splitlines()[0] if str(e) else ""
         warnings.warn(f"evsim: the LLVM-IR vector code does not build here ({type(e).__name__}: {first}); "
                       f"using the plain-Numba path (EVSIM_INTRINSICS=plain silences this)", RuntimeWarning,
                       stacklevel=3)
         return "plain"
-    if not _same(got, _exercise(_drive_plain)):
+    if not _same(got, _exercise(_drive_plain, _drive_plain_int)):
         warnings.warn("evsim: the LLVM-IR vector code disagrees with the plain loops on this machine; "
                       "using the plain-Numba path", RuntimeWarning, stacklevel=3)
         return "plain"
@@ -124,41 +143,46 @@ if SELECTED == "ir":
 else:
     from .simd_plain import queue16
 
-# The synaptic runs by the accumulators' type: the IR (when selected) is written for float32/float64
-# (it flips the weight's sign bit); integer accumulators (fixed-point networks, evsim.fixedpoint) take
-# the plain loops, which add or subtract by the spike's sign and which LLVM vectorises for integers
-# too. Resolved when a kernel is compiled: no run-time test.
+# The synaptic runs: the IR (when selected) for float32/float64 (real networks: it flips the weight's sign
+# bit) and int16/int32 (fixed-point networks, evsim.fixedpoint: (w ^ m) - m with m the sign's mask); any
+# other type takes the plain loops. Resolved when a kernel is compiled: no run-time test.
 
 
 def add_run(acc, a0, w, b0, n, sign):
-    """``acc[a0 + j] += w[b0 + j]`` for ``j < n`` (``-=`` when ``sign`` is -1); see :mod:`evsim.simd`."""
-    raise NotImplementedError("compiled only (Numba)")
+    """``acc[a0 + j] += w[b0 + j]`` for ``j < n`` (``-=`` when ``sign`` is -1); see :mod:`evsim.simd`.
+    (The Python bodies here run only under NUMBA_DISABLE_JIT: the plain loops.)"""
+    return simd_plain.add_run(acc, a0, w, b0, n, sign)
 
 
 def add_runs(acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n):
     """The runs of a group of events; see :func:`evsim.simd.add_runs`."""
-    raise NotImplementedError("compiled only (Numba)")
+    return simd_plain.add_runs(acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n)
 
 
 def add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n):
     """:func:`add_runs` for a stretch of a queue; see :func:`evsim.simd.add_event_runs`."""
-    raise NotImplementedError("compiled only (Numba)")
+    return simd_plain.add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n)
 
 
-def _ir_for(acc) -> bool:
-    return SELECTED == "ir" and isinstance(acc, types.Array) and isinstance(acc.dtype, types.Float)
+def _ir_for(acc, w) -> bool:
+    """The IR for the accumulator types it is written for (float32/64, int16/32); refuse (when compiling) anything but 1-D arrays, whose flat offsets
+    both versions take: a 2-D array indexed by a flat offset would be read by rows, out of bounds."""
+    from numba.core.errors import TypingError
+    if not (isinstance(acc, types.Array) and acc.ndim == 1 and isinstance(w, types.Array) and w.ndim == 1):
+        raise TypingError("evsim.intrinsics: the synaptic runs take 1-D accumulator and weight arrays")
+    return SELECTED == "ir" and acc.dtype in simd.RUN_DTYPES and w.dtype == acc.dtype
 
 
 @overload(add_run, inline="always")
 def _add_run(acc, a0, w, b0, n, sign):
-    if _ir_for(acc):
+    if _ir_for(acc, w):
         return lambda acc, a0, w, b0, n, sign: _ir_add_run(acc, a0, w, b0, n, sign)
     return lambda acc, a0, w, b0, n, sign: simd_plain.add_run(acc, a0, w, b0, n, sign)
 
 
 @overload(add_runs, inline="always")
 def _add_runs(acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n):
-    if _ir_for(acc):
+    if _ir_for(acc, w):
         return lambda acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n: _ir_add_runs(
             acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n)
     return lambda acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n: simd_plain.add_runs(
@@ -167,7 +191,7 @@ def _add_runs(acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count, n):
 
 @overload(add_event_runs, inline="always")
 def _add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n):
-    if _ir_for(acc):
+    if _ir_for(acc, w):
         return lambda acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n: \
             _ir_add_event_runs(acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n)
     return lambda acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e0, count, first, stride, n: \

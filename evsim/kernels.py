@@ -238,8 +238,13 @@ def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channe
 
 def fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
     """:func:`fire` or :func:`fire_fixed`, chosen by the state's type when the driver is compiled.
-    ``prm``: the population's row of ``pop_params``; ``fxp``: its row of ``pop_fixed`` (shift, lo, hi)."""
-    raise NotImplementedError("compiled only (Numba)")
+    ``prm``: the population's row of ``pop_params``; ``fxp``: its row of ``pop_fixed`` (shift, lo, hi).
+    (This body runs only under NUMBA_DISABLE_JIT; compiled code takes the overload's choice.)"""
+    if np.issubdtype(v.dtype, np.integer):
+        return fire_fixed(model, prm, fxp[0], fxp[1], fxp[2], v, h, drive, frame, n_channels, channel_major,
+                          ev_idx, ev_sign)
+    return fire(model, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive, frame, n_channels, channel_major,
+                ev_idx, ev_sign)
 
 
 @overload(fire_population, inline="always")
@@ -306,6 +311,19 @@ def _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc):
     return identity.scatter_packed(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc)
 
 
+
+
+@njit(**_SERIAL, inline="always")
+def _scatter_from(j, src, n, program, state, acc):
+    """Projection ``j`` for sample ``n``: its source's events (the input's when ``src < 0``) into ``acc``."""
+    p, st = program, state
+    if src < 0:
+        return _scatter_one(j, p.desc, p.scale, p.ibuf, p.i32buf, p.fbuf, st.in_idx[n], st.in_sign[n], st.in_cnt[n],
+                            acc)
+    lo = p.pop_off[src]
+    hi = lo + p.pop_size[src]
+    return _scatter_one(j, p.desc, p.scale, p.ibuf, p.i32buf, p.fbuf, st.ev_idx[n, lo:hi], st.ev_sign[n, lo:hi],
+                        st.ev_cnt[n, src], acc)
 
 
 class ProgramRecord(NamedTuple):
@@ -442,19 +460,13 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
                         src = desc[j, D_SRC]
                         dst = desc[j, D_DST]
                         for n in range(first, last):
+                            cnt = in_cnt[n] if src < 0 else ev_cnt[n, src]
+                            # the readout's accumulator may be of another type (int64 for a fixed-point network)
                             if dst < 0:
-                                acc = out_acc[n]
+                                ops = _scatter_from(j, src, n, program, state, out_acc[n])
                             else:
-                                acc = v[n, pop_off[dst]:pop_off[dst] + pop_size[dst]]
-                            if src < 0:
-                                cnt = in_cnt[n]
-                                ops = _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, in_idx[n], in_sign[n], cnt, acc)
-                            else:
-                                cnt = ev_cnt[n, src]
-                                lo = pop_off[src]
-                                hi = lo + pop_size[src]
-                                ops = _scatter_one(j, desc, scale, ibuf, i32buf, fbuf, ev_idx[n, lo:hi],
-                                                   ev_sign[n, lo:hi], cnt, acc)
+                                ops = _scatter_from(j, src, n, program, state,
+                                                    v[n, pop_off[dst]:pop_off[dst] + pop_size[dst]])
                             events_in[n, j] += cnt
                             syn_ops[n, j] += ops
                     else:

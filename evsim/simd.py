@@ -137,18 +137,20 @@ def queue16(typingctx, frame, start, stride, ev_idx, ev_sign, cnt):
 
 
 class _Runs:
-    """LLVM pieces shared by the synaptic-run intrinsics: 64-byte vectors of the weights' float type."""
+    """LLVM pieces shared by the synaptic-run intrinsics: 64-byte vectors of the weights' type (float32/64 for
+    real networks, int16/int32 for fixed-point ones: 16, 8 or 32 lanes)."""
 
     def __init__(self, context, builder, dtype):
         self.b = builder
-        self.size = 4 if dtype == types.float32 else 8
+        self.is_int = isinstance(dtype, types.Integer)
+        self.size = dtype.bitwidth // 8
         self.lanes = 64 // self.size
         self.vt = ir.VectorType(context.get_data_type(dtype), self.lanes)
         self.vptr = self.vt.as_pointer()
         self.int_ty = ir.IntType(self.size * 8)
         self.int_vt = ir.VectorType(self.int_ty, self.lanes)
         mask_ty = ir.VectorType(_i1, self.lanes)
-        suffix = f"v{self.lanes}f{self.size * 8}.p0"
+        suffix = f"v{self.lanes}{'i' if self.is_int else 'f'}{self.size * 8}.p0"
         mod = builder.module
         self._mload = cgutils.get_or_insert_function(
             mod, ir.FunctionType(self.vt, [self.vptr, _i32, mask_ty, self.vt]), f"llvm.masked.load.{suffix}")
@@ -178,23 +180,30 @@ class _Runs:
             self.b.call(self._mstore, [value, p, self.align, mask])
 
     def flip(self, sign):
-        """The sign bit set in every lane for a -1 spike, clear for +1.
+        """What the event's sign does to every lane of the weights, as a vector: for floats the sign
+        bit set for a -1 spike and clear for +1; for integers all ones for -1 and zero for +1.
 
-        The event's sign flips the weights' sign bit (exact: ``a - w`` is ``a + (-w)``
-        in IEEE arithmetic) instead of choosing between an add loop and a subtract
-        loop, whose branch mispredicts on half the events. The flip is taken from the
-        sign's bits, not from a comparison, so that LLVM does not turn it back into a
-        branch.
+        The event's sign flips the weights' sign (exact: ``a - w`` is ``a + (-w)`` in IEEE
+        arithmetic, and ``(w ^ m) - m`` is ``-w`` in two's complement when ``m`` is all ones)
+        instead of choosing between an add loop and a subtract loop, whose branch mispredicts on
+        half the events. The flip is taken from the sign's bits, not from a comparison, so that
+        LLVM does not turn it back into a branch; the synaptic path stays additions and
+        subtractions, with no multiply.
         """
         b = self.b
-        f = b.shl(b.and_(b.zext(sign, self.int_ty), ir.Constant(self.int_ty, 0x80)),
-                  ir.Constant(self.int_ty, self.size * 8 - 8))
+        if self.is_int:      # arithmetic shift of the sign: -1 -> all ones, +1 -> 0
+            f = b.ashr(b.sext(sign, self.int_ty), ir.Constant(self.int_ty, self.size * 8 - 1))
+        else:
+            f = b.shl(b.and_(b.zext(sign, self.int_ty), ir.Constant(self.int_ty, 0x80)),
+                      ir.Constant(self.int_ty, self.size * 8 - 8))
         v = b.insert_element(ir.Constant(self.int_vt, ir.Undefined), f, ir.Constant(_i32, 0))
         return b.shuffle_vector(v, ir.Constant(self.int_vt, ir.Undefined),
                                 ir.Constant(ir.VectorType(_i32, self.lanes), None))
 
     def signed_add(self, a, w, flip):
         b = self.b
+        if self.is_int:      # integer accumulators never wrap: the quantiser bounds them (accumulator_bits)
+            return b.add(a, b.sub(b.xor(w, flip), flip))
         return b.fadd(a, b.bitcast(b.xor(b.bitcast(w, self.int_vt), flip), self.vt))
 
     def chunks(self, n_val, body):
@@ -234,9 +243,14 @@ def _target_block() -> int:
     return BLOCK_WIDE if _target_has("avx512f") else BLOCK_NARROW
 
 
-def _float_arrays(*arrays):
+RUN_DTYPES = (types.float32, types.float64, types.int16, types.int32)
+
+
+def _run_arrays(*arrays):
+    """C-contiguous arrays of one type the runs are written for: float32/64 (real networks), int16/32
+    (fixed-point networks, :mod:`evsim.fixedpoint`)."""
     return (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
-            and len({a.dtype for a in arrays}) == 1 and arrays[0].dtype in (types.float32, types.float64))
+            and len({a.dtype for a in arrays}) == 1 and arrays[0].dtype in RUN_DTYPES)
 
 
 @intrinsic
@@ -249,13 +263,14 @@ def add_run(typingctx, acc, a0, w, b0, n, sign):
     overlap test between ``acc`` and ``w`` and finishes it in 4-wide and
     scalar steps: at the 48-192 additions of a 3x3 run over 16-64 output
     channels those guards cost as much as the additions. ``acc`` and ``w``
-    are distinct C-contiguous float arrays of one dtype, seen flat; offsets
+    are distinct C-contiguous arrays of one dtype (float32/64, int16/32), seen flat; offsets
     are unsigned and unchecked (the caller keeps ``[a0, a0 + n)`` and
     ``[b0, b0 + n)`` inside them). Each element is updated by one IEEE add
-    or subtract, exactly as the scalar loop. ``sign`` is the event's int8
+    or subtract, exactly as the scalar loop (integers: wrapping adds, which
+    the quantiser's accumulator bound keeps from wrapping). ``sign`` is the event's int8
     sign, +1 or -1.
     """
-    if not _float_arrays(acc, w):
+    if not _run_arrays(acc, w):
         return None
     sig = types.void(acc, types.uint64, w, types.uint64, types.uint64, types.int8)
 
@@ -372,7 +387,7 @@ def add_runs(typingctx, acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count,
     additions in the same order as one :func:`add_run` per event and row, so
     the result is bit for bit the same.
     """
-    if not (_float_arrays(acc, w) and _u64_arrays(a_rows, b_rows, w_offsets) and _int8_array(signs)):
+    if not (_run_arrays(acc, w) and _u64_arrays(a_rows, b_rows, w_offsets) and _int8_array(signs)):
         return None
     sig = types.void(acc, a_rows, w, b_rows, types.uint64, w_offsets, signs, types.uint64, types.uint64)
 
@@ -403,7 +418,7 @@ def add_event_runs(typingctx, acc, a_rows, w, b_rows, n_rows, ev_idx, ev_sign, e
     layer at 75 % firing: that pass took 30 % of the time; without it the
     layer runs 27 % faster).
     """
-    if not (_float_arrays(acc, w) and _u64_arrays(a_rows, b_rows) and _int8_array(ev_sign)
+    if not (_run_arrays(acc, w) and _u64_arrays(a_rows, b_rows) and _int8_array(ev_sign)
             and isinstance(ev_idx, types.Array) and ev_idx.dtype == types.int32 and ev_idx.layout == "C"):
         return None
     sig = types.void(acc, a_rows, w, b_rows, types.uint64, ev_idx, ev_sign, types.uint64, types.uint64,

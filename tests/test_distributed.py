@@ -263,4 +263,41 @@ def test_cli_eval_and_sweep(case, tmp_path):
     r = _runner().invoke(main, ["sweep", "-w", case["weights"], "-d", case["data"], "--grid", "width=1",
                                 "--out", str(tmp_path / "tab2")])
     assert r.exit_code == 1 and r.stderr.strip() == ("Error: unknown parameter 'width' in --grid (known: timesteps, "
-                                                     "threshold_scale)")
+                                                     "threshold_scale, weight_bits, membrane_bits)")
+
+
+def test_weight_bits_points_are_the_quantised_network(case, tmp_path):
+    """A sweep point with weight_bits runs what `evsim quantize` writes, in int32, bit for bit as a run of
+    that file; its integer outputs survive an interrupted, resumed --out; membrane_bits alone is refused."""
+    from evsim.fixedpoint import quantize
+    pts = sweep(case["net"], case["x"], parse_grid(["weight_bits=4,8", "membrane_bits=12"]), case["y"])
+    assert [p.params for p in pts] == [{"weight_bits": 4, "membrane_bits": 12}, {"weight_bits": 8, "membrane_bits": 12}]
+    for p in pts:
+        q = quantize(case["net"], p.params["weight_bits"], membrane_bits=12)
+        cn = compile_network(q, dtype="int32")
+        ref = run(cn, case["x"], batch_size=64)
+        assert p.result.report.to_dict() == build_report(cn, ref).to_dict()
+        assert p.result.correct == int((ref.predictions == case["y"]).sum())
+    q = quantize(case["net"], 4, membrane_bits=12)
+    q_file = tmp_path / "q.h5"
+    write_network(q, q_file)
+    out = tmp_path / "q_res.h5"
+
+    def stop(idx, done):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(str(q_file), case["data"], case["labels"], chunk_size=5, out=out, on_chunk=stop)
+    r = evaluate(str(q_file), case["data"], case["labels"], chunk_size=5, out=out, keep_samples=True)
+    assert r.chunks_resumed == 2            # int64 outputs of the finished chunks were taken as they are
+    ref = run(compile_network(q, dtype="int32"), case["x"], batch_size=64)
+    assert r.per_sample["outputs"].dtype == np.int64 and np.array_equal(r.per_sample["outputs"], ref.outputs)
+    with h5py.File(out) as f:
+        assert f["samples/outputs"].dtype == np.int64
+    with pytest.raises(EvalError, match="membrane_bits goes with weight_bits"):
+        evaluate(case["net"], case["x"], params={"membrane_bits": 12})
+    with pytest.raises(EvalError, match="fixed point already"):
+        evaluate(q, case["x"], params={"weight_bits": 4})
+    with pytest.raises(EvalError, match="weight_bits must be between 2 and 16"):
+        parse_grid(["weight_bits=1"])

@@ -111,13 +111,33 @@ RUN_SHIPPED = textwrap.dedent("""
     from evsim import compile_network, intrinsics, read_network, simulate
     net = read_network(sys.argv[1])
     x = np.load(sys.argv[2])
+    sys.path.insert(0, sys.argv[3])
+    from networks import random_input, residual_net, residual_net_pruned_taps
     out = {"selected": intrinsics.SELECTED}
-    for dt in ("float64", "float32"):
-        r = simulate(compile_network(net, dtype=dt), x, record=True)
-        c = r.counters
-        out[dt] = {"outputs": r.outputs.view(np.uint64 if dt == "float64" else np.uint32).tolist(),
-                   "ops": {k: v.tolist() for k, v in c.synaptic_ops.items()},
-                   "digest": {k: __import__("hashlib").sha1(s.tobytes()).hexdigest() for k, s in r.spikes.items()}}
+    # the shipped model (conv_rows, csr, dense) and small nets holding every kind (conv_taps, identity too)
+    cases = [("shipped", net, x)]
+    for model, enc in (("ternary_lif", "direct"), ("ctsn_event", "spikes"), ("cuba_lif", "direct")):
+        g = residual_net(model=model, encoding=enc)
+        cases.append((f"{model}/{enc}", g, random_input(g, 4)))
+    g = residual_net_pruned_taps()
+    cases.append(("pruned taps", g, random_input(g, 4)))
+    # fixed-point networks (evsim.fixedpoint): the integer runs, int32 and int16
+    from evsim.fixedpoint import quantize
+    cases.append(("shipped 8-bit", quantize(net, 8), x))
+    g = residual_net(model="ternary_lif", encoding="spikes")
+    cases.append(("ternary/spikes 4-bit", quantize(g, 4, membrane_bits=10), random_input(g, 4)))
+    for name, g, xs in cases:
+        dts = ("float64", "float32") if g.fixed_point is None else ("int32", "int16")
+        for dt in dts:
+            if dt == "int16" and g.fixed_point.accumulator_bits > 16:
+                continue
+            r = simulate(compile_network(g, dtype=dt), xs, record=True)
+            c = r.counters
+            out[f"{name}/{dt}"] = {
+                "kinds": sorted({p.mode for p in compile_network(g, dtype=dt).projections}),
+                "outputs": r.outputs.view(np.uint64 if r.outputs.itemsize == 8 else np.uint32).tolist(),
+                "ops": {k: v.tolist() for k, v in c.synaptic_ops.items()},
+                "digest": {k: __import__("hashlib").sha1(s.tobytes()).hexdigest() for k, s in r.spikes.items()}}
     print(json.dumps(out))
 """)
 
@@ -125,18 +145,24 @@ RUN_SHIPPED = textwrap.dedent("""
 def _run_with(variant: str, env_extra=None) -> dict:
     env = dict(os.environ, EVSIM_INTRINSICS=variant, **(env_extra or {}))
     p = subprocess.run([sys.executable, "-c", RUN_SHIPPED, str(SHIPPED / "folded.h5"),
-                        str(SHIPPED / "samples" / "batch8.npy")], capture_output=True, text=True, env=env, timeout=600)
+                        str(SHIPPED / "samples" / "batch8.npy"), str(ROOT / "tests")], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_engine_on_the_plain_path_is_bit_for_bit_the_ir_engine():
-    """The shipped model's eight samples, float64 and float32: every output bit, spike and count equal."""
+    """The shipped model's eight samples and small nets of every projection kind, float64 and float32, and
+    fixed-point ones in int32 and int16: every output bit, spike and count equal. (The plain path once indexed conv_taps' 2-D arrays by flat
+    offsets, out of bounds: the shipped model alone, all conv_rows, did not see it.)"""
     ir, plain = _run_with("ir"), _run_with("plain")
-    assert (ir["selected"], plain["selected"]) == ("ir", "plain")
-    for dt in ("float64", "float32"):
-        assert ir[dt] == plain[dt], dt
+    assert (ir.pop("selected"), plain.pop("selected")) == ("ir", "plain")
+    kinds = set().union(*(set(v["kinds"]) for v in ir.values()))
+    assert kinds == {"conv_rows", "conv_taps", "csr", "identity", "dense"}, kinds
+    assert ir.keys() == plain.keys()
+    assert {"shipped 8-bit/int32", "ternary/spikes 4-bit/int16"} <= ir.keys()
+    for case in ir:
+        assert ir[case] == plain[case], case
 
 
 def test_a_broken_ir_falls_back_to_the_plain_path():

@@ -8,6 +8,16 @@ from numba import njit
 
 from evsim.simd import add_event_runs, add_run, add_runs
 
+# float32/64 for real networks, int16/32 for fixed-point ones (evsim.fixedpoint)
+DTYPES = [np.float32, np.float64, np.int16, np.int32]
+
+
+def _values(rng, size, dtype):
+    """Random weights or accumulators: normal floats; integers of up to 10 bits (sums stay far from wrapping)."""
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(-1000, 1001, size=size).astype(dtype)
+    return rng.standard_normal(size).astype(dtype)
+
 
 @njit
 def _add_run(acc, a0, w, b0, n, positive):
@@ -15,13 +25,13 @@ def _add_run(acc, a0, w, b0, n, positive):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 100), st.integers(0, 40), st.integers(0, 40),
+@given(st.sampled_from(DTYPES), st.integers(0, 100), st.integers(0, 40), st.integers(0, 40),
        st.booleans(), st.integers(0, 2**32 - 1))
 def test_add_run_adds_or_subtracts_exactly_one_run(dtype, n, a0, b0, positive, seed):
     """Every length (whole 64-byte chunks and any tail), offset and sign; nothing outside the run changes."""
     rng = np.random.default_rng(seed)
-    acc = rng.standard_normal(a0 + n + 20).astype(dtype)
-    w = rng.standard_normal(b0 + n + 20).astype(dtype)
+    acc = _values(rng, a0 + n + 20, dtype)
+    w = _values(rng, b0 + n + 20, dtype)
     expect = acc.copy()
     if positive:
         expect[a0:a0 + n] += w[b0:b0 + n]
@@ -29,7 +39,7 @@ def test_add_run_adds_or_subtracts_exactly_one_run(dtype, n, a0, b0, positive, s
         expect[a0:a0 + n] -= w[b0:b0 + n]
     w_before = w.copy()
     _add_run(acc, a0, w, b0, n, positive)
-    np.testing.assert_array_equal(acc, expect)       # bit for bit: one IEEE add per element, like the scalar loop
+    np.testing.assert_array_equal(acc, expect)       # bit for bit: one IEEE (or integer) add per element
     np.testing.assert_array_equal(w, w_before)
 
 
@@ -48,7 +58,7 @@ def _add_runs(acc, a_rows, w, b_rows, offsets, signs, count, n):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([np.float32, np.float64]), st.sampled_from([16, 32, 48, 64, 96, 112, 192]) | st.integers(0, 200),
+@given(st.sampled_from(DTYPES), st.sampled_from([16, 32, 48, 64, 96, 112, 192]) | st.integers(0, 200),
        st.integers(1, 3), st.integers(0, 6), st.integers(0, 20), st.integers(0, 2**32 - 1))
 def test_add_runs_equals_one_run_per_event_and_row_in_order(dtype, n, n_rows, count, a0, seed):
     """A group of events on 1-3 output runs (kernel rows), against the same runs added one by one, in order,
@@ -57,13 +67,13 @@ def test_add_runs_equals_one_run_per_event_and_row_in_order(dtype, n, n_rows, co
     Lengths that are whole vectors (plain loads), that end inside a block (masked), of one or several
     blocks of 6 vectors and a rest of 1-5."""
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(800).astype(dtype)
+    w = _values(rng, 800, dtype)
     b_rows = rng.integers(0, 100, size=n_rows).astype(np.uint64)
     offsets = rng.integers(0, 800 - 100 - n + 1, size=count + 2).astype(np.uint64)   # spare entries are ignored
     signs = rng.choice(np.array([-1, 1], np.int8), size=count + 2)
     gap = int(rng.integers(0, 5))
     a_rows = np.array([a0 + q * (n + gap) for q in range(n_rows)], np.uint64)[rng.permutation(n_rows)]
-    acc = rng.standard_normal(a0 + n_rows * (n + gap) + 20).astype(dtype)
+    acc = _values(rng, a0 + n_rows * (n + gap) + 20, dtype)
     expect = acc.copy()
     for k in range(count):
         for q in range(n_rows):
@@ -83,7 +93,7 @@ def _add_event_runs(acc, a_rows, w, b_rows, ev_idx, ev_sign, e0, count, first, s
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 3), st.integers(1, 40), st.integers(0, 8),
+@given(st.sampled_from(DTYPES), st.integers(1, 3), st.integers(1, 40), st.integers(0, 8),
        st.integers(0, 2**32 - 1))
 def test_add_event_runs_reads_the_queue_in_place(dtype, n_rows, n, count, seed):
     """Events e0 .. e0 + count - 1 of a queue: weight offset (idx - first) * stride, sign from the queue."""
@@ -93,10 +103,10 @@ def test_add_event_runs_reads_the_queue_in_place(dtype, n_rows, n, count, seed):
     ev_idx = np.concatenate([rng.integers(0, 10**6, e0), first + np.sort(rng.choice(c_in, count, replace=False)),
                              rng.integers(0, 10**6, 3)]).astype(np.int32)
     ev_sign = rng.choice(np.array([-1, 1], np.int8), size=ev_idx.size)
-    w = rng.standard_normal(c_in * stride + 50).astype(dtype)
+    w = _values(rng, c_in * stride + 50, dtype)
     b_rows = rng.integers(0, 50, size=n_rows).astype(np.uint64)
     a_rows = (np.arange(n_rows) * (n + 3)).astype(np.uint64)
-    acc = rng.standard_normal(n_rows * (n + 3) + 5).astype(dtype)
+    acc = _values(rng, n_rows * (n + 3) + 5, dtype)
     expect = acc.copy()
     for k in range(e0, e0 + count):
         for q in range(n_rows):
@@ -106,8 +116,9 @@ def test_add_event_runs_reads_the_queue_in_place(dtype, n_rows, n, count, seed):
     np.testing.assert_array_equal(acc, expect)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
 @pytest.mark.parametrize("block_len", [1, 2, 3, 6])
-def test_add_runs_is_exact_at_every_block_length(monkeypatch, block_len):
+def test_add_runs_is_exact_at_every_block_length(monkeypatch, block_len, dtype):
     """The block length follows the target's registers (6 with AVX-512, 2 below): every length gives
     the same result, including runs that end in a partial block."""
     import evsim.simd as simd
@@ -120,12 +131,12 @@ def test_add_runs_is_exact_at_every_block_length(monkeypatch, block_len):
 
     rng = np.random.default_rng(block_len)
     for n in (5, 16, 48, 100, 192, 200):
-        w = rng.standard_normal(900).astype(np.float32)
+        w = _values(rng, 900, dtype)
         offsets = rng.integers(0, 600, size=4).astype(np.uint64)
         signs = rng.choice(np.array([-1, 1], np.int8), size=4)
         a_rows = np.array([0, n + 1, 2 * n + 2], np.uint64)
         b_rows = np.array([0, 7, 40], np.uint64)
-        acc = rng.standard_normal(3 * n + 10).astype(np.float32)
+        acc = _values(rng, 3 * n + 10, dtype)
         expect = acc.copy()
         for k in range(4):
             for q in range(3):
@@ -178,3 +189,14 @@ def test_queue16_with_and_without_the_compress_instructions(monkeypatch, compres
             assert cnt == expect.size and pos == int((frame > 0).sum())
             np.testing.assert_array_equal(ev_idx[:cnt], expect)
             np.testing.assert_array_equal(ev_sign[:cnt], frame[expect])
+
+
+def test_integer_runs_negate_by_twos_complement_without_a_multiply():
+    """A -1 spike subtracts the weight exactly for every int16 value that can be negated (the quantiser keeps
+    -2**15 out: its accumulator bound would need 17 bits), including the largest and the smallest."""
+    w = np.array([0, 1, -1, 2**15 - 1, -(2**15 - 1), 12345, -12345] * 5, np.int16)
+    acc = np.zeros(w.size, np.int16)
+    _add_run(acc, 0, w, 0, w.size, False)
+    np.testing.assert_array_equal(acc, -w)
+    _add_run(acc, 0, w, 0, w.size, True)
+    np.testing.assert_array_equal(acc, np.zeros_like(w))

@@ -7,6 +7,12 @@ preserve a trained model (``run_folded_torch``, tests, ``evsim verify``), and, i
 ``memory_format=torch.channels_last`` and optionally ``torch.compile``, the dense competitor the
 benchmarks time (bench/worker.py).
 
+A fixed-point network (``network.fixed_point``, :mod:`evsim.fixedpoint`) runs as the integer
+reference the integer engine is checked against bit for bit: its convolutions and linear maps are
+evaluated in float64, which is exact because every operand and partial sum is an integer below 2**53
+(checked), and everything else (the direct-input rescale, the neuron updates with their shifts and
+saturation, the readout's sum over T) in int64, in :func:`neuron_step_fixed`.
+
 The network is feed-forward in time (a population at step t sees its sources' spikes of step t),
 so each population is processed for all T steps at once: its incoming projections run on one
 (T*B, ...) batch, then the neuron recurrence loops over T. A projection from a direct-encoded input
@@ -55,16 +61,64 @@ def neuron_step(model: str, p: dict, u, h, o, x):
     return u, h, o
 
 
+def _floor_shift(a, f: int):
+    """``a >> f`` for int64 tensors: floor division by 2**f (an arithmetic shift, as the engine's)."""
+    return torch.div(a, 1 << f, rounding_mode="floor")
+
+
+def neuron_step_fixed(model: str, p: dict, frac: int, lo: int, hi: int, u, h, o, x):
+    """:func:`neuron_step` in the chip's integer arithmetic (int64 tensors; docs/FIXED_POINT.md).
+
+    ``p`` holds integers: ``v_threshold`` in membrane units, the other constants numerators over
+    ``2**frac``. Every product by a constant is followed by an arithmetic right shift by ``frac``; the
+    membrane saturates to [lo, hi] before it is compared with the threshold, as does the CTSN
+    complement ``h``. ``u`` is kept saturated.
+    """
+    tau, th = p["tau"], p["v_threshold"]
+    if model in ("binary_lif", "cuba_lif"):
+        m = _floor_shift(tau * u * (1 - o), frac)
+    elif model in ("binary_lif_sub", "cuba_lif_sub"):
+        m = _floor_shift(tau * u, frac) - th * o
+    else:
+        m = _floor_shift(tau * u * (1 - o.abs()), frac)
+    if model == "ctsn_static":
+        h = _floor_shift(p["k_alpha"] * h.clamp(min=0) + p["k_beta"] * h.clamp(max=0) + p["k_gamma"] * m, frac)
+        h = h.clamp(lo, hi)
+        u = h + x
+    elif model == "ctsn_event":
+        h = _floor_shift(p["k_alpha"] * h + p["k_beta"] * m.clamp(min=0) + p["k_gamma"] * m.clamp(max=0), frac)
+        h = h.clamp(lo, hi)
+        u = h + x
+    elif model in ("cuba_lif", "cuba_lif_sub"):
+        u_new = m + _floor_shift(p["k_syn"] * (u - h), frac) + x
+        h = m
+        u = u_new
+    else:
+        u = m + x
+    u = u.clamp(lo, hi)
+    o = (u >= th).to(u.dtype)
+    if neuron_model(model).ternary:
+        o = o - (u <= -th).to(u.dtype)
+    return u, h, o
+
+
+EXACT = 2.0 ** 53        # float64 holds every integer below this exactly
+
+
 class DenseRunner:
     """``DenseRunner(network, dtype, memory_format)(x, return_spikes=False)`` -> outputs [, spikes].
 
     ``x``: (B, *input_shape) for direct encoding, (B, T, *input_shape) for spike input. Outputs are
     the readout's mean over the timesteps, (B, n_outputs); spikes, ``{population: (T, B, ...)}``.
+    A fixed-point network's outputs are int64, the readout's sum over the timesteps (as the engine's).
     """
 
     def __init__(self, network: Network, dtype: torch.dtype = torch.float64,
                  memory_format: torch.memory_format = torch.contiguous_format):
         self.network = network
+        self.fixed = network.fixed_point
+        if self.fixed is not None and dtype != torch.float64:
+            raise ValueError("a fixed-point network's reference runs in float64 (exact integers) and int64")
         self.dtype = dtype
         self.channels_last = memory_format == torch.channels_last
         self.T = network.timesteps
@@ -84,16 +138,39 @@ class DenseRunner:
         if w is not None and w.dim() == 4 and self.channels_last:
             w = w.contiguous(memory_format=torch.channels_last)
         b = None if pr.bias is None else torch.from_numpy(pr.bias).to(self.dtype).contiguous()
-        return (pr.source, pr.kind, w, b, tuple(pr.stride), tuple(pr.padding), float(pr.scale))
+        rescale = None
+        if self.fixed is not None:
+            rescale = self.fixed.rescale.get(pr.name)
+            if pr.kind != "identity":      # exactness: the largest partial sum of |input| * |weight|
+                x_max = max(map(abs, self.fixed.input_levels)) if rescale is not None else 1
+                fan = float(w.abs().reshape(w.shape[0], -1).sum(1).max()) if w.numel() else 0.0
+                if fan * x_max >= EXACT:
+                    raise ValueError(f"projection {pr.name!r}: sums reach 2**53, beyond float64's exact integers")
+        return (pr.source, pr.kind, w, b, tuple(pr.stride), tuple(pr.padding), float(pr.scale), rescale)
 
     @staticmethod
-    def _apply(proj, x):
-        _, kind, w, b, stride, padding, scale = proj
+    def _apply(proj, x, bias=True):
+        _, kind, w, b, stride, padding, scale, _ = proj
+        b = b if bias else None
         if kind == "identity":
             return x * scale
         if kind == "linear":
             return F.linear(x.reshape(x.shape[0], -1), w, b)
         return F.conv2d(x, w, b, stride=stride, padding=padding)
+
+    def _apply_fixed(self, proj, x):
+        """A projection of a fixed-point network: exact integers, as int64. From a direct-encoded input
+        the sum of levels is rescaled to the target's units, ``(acc * mult) >> shift``, then the bias added."""
+        rescale = proj[7]
+        if rescale is None:
+            return self._apply(proj, x).round().to(torch.int64)
+        mult, shift = rescale
+        acc = self._apply(proj, x, bias=False).round().to(torch.int64)
+        cur = _floor_shift(acc * mult, shift)
+        b = proj[3]
+        if b is not None:
+            cur = cur + b.to(torch.int64).reshape((1, -1) + (1,) * (cur.dim() - 2))
+        return cur
 
     def _neurons(self, name, cur):
         """cur: (T, B, ...) input current -> (T, B, ...) spikes."""
@@ -109,6 +186,14 @@ class DenseRunner:
         u = torch.zeros_like(cur[0])
         h = torch.zeros_like(u)
         o = torch.zeros_like(u)
+        if self.fixed is not None:
+            fx = self.fixed
+            lo, hi = -(1 << (fx.membrane_bits - 1)), (1 << (fx.membrane_bits - 1)) - 1
+            p = {k: int(v) for k, v in p.items()}
+            for t in range(T):
+                u, h, o = neuron_step_fixed(model, p, fx.frac_bits, lo, hi, u, h, o, cur[t])
+                out[t] = o
+            return out
         for t in range(T):
             u, h, o = neuron_step(model, p, u, h, o, cur[t])
             out[t] = o
@@ -117,6 +202,9 @@ class DenseRunner:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, return_spikes: bool = False):
         T = self.T
+        fixed = self.fixed is not None
+        if fixed and self.network.encoding == "direct":      # the chip's input: integer levels
+            x = torch.from_numpy(self.fixed.quantise_input(x.numpy()))
         x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -125,12 +213,14 @@ class DenseRunner:
         xin = x if direct else x.transpose(0, 1).reshape(T * B, *x.shape[2:])
         spikes = {}   # name -> (T*B, ...)
 
+        apply = self._apply_fixed if fixed else self._apply
+
         def contribution(proj):
             src = proj[0]
             if src == INPUT and direct:          # same every step: once, then broadcast over T
-                y = self._apply(proj, xin)
+                y = apply(proj, xin)
                 return y.unsqueeze(0).expand(T, *y.shape)
-            y = self._apply(proj, xin if src == INPUT else spikes[src])
+            y = apply(proj, xin if src == INPUT else spikes[src].to(self.dtype))
             return y.reshape(T, B, *y.shape[1:])
 
         for n in self.order:
@@ -142,7 +232,8 @@ class DenseRunner:
             spikes[n] = s.reshape(T * B, *s.shape[2:])
         out = None
         for proj in self.readout:
-            c = contribution(proj).mean(0)
+            c = contribution(proj)
+            c = c.sum(0) if fixed else c.mean(0)
             out = c if out is None else out + c
         if return_spikes:
             return out, {n: s.reshape(T, B, *s.shape[1:]) for n, s in spikes.items()}

@@ -126,3 +126,85 @@ def format_verification(res: dict) -> str:
                    f"neuron {tuple(d['neuron'])}: PyTorch {d['reference']:+d}, evsim {d['engine']:+d}")
     out.append("PASSED: every spike identical, outputs within tolerance" if res["passed"] else "FAILED")
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- fixed point
+def integer_reference(network: Network, x: np.ndarray, batch_size: int = 64):
+    """Outputs (N, n_out) int64 and spikes {population: (T, N, ...)} of the integer PyTorch reference
+    (:class:`~evsim.bridge.dense.DenseRunner` of a fixed-point network), computed from the file alone."""
+    from .dense import DenseRunner
+    try:
+        runner = DenseRunner(network)
+    except ValueError as e:          # sums beyond float64's exact integers: the reference would not be exact
+        raise EvsimError(f"the integer reference cannot run this network exactly: {e}") from None
+    outs, spikes = [], {}
+    for i in range(0, len(x), batch_size):
+        out, sp = runner(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])), return_spikes=True)
+        outs.append(out.numpy())
+        for n, s in sp.items():
+            spikes.setdefault(n, []).append(s.to(torch.int8).numpy())
+    return np.concatenate(outs), {n: np.concatenate(v, axis=1) for n, v in spikes.items()}
+
+
+def verify_fixed(network: Network, x: np.ndarray, batch_size: int = 64) -> dict:
+    """A fixed-point network: the engine, in int32 and (where the accumulators fit) int16, against the
+    integer reference. Integer arithmetic leaves no tolerance: it passes only with every spike and every
+    integer output identical in every dtype run."""
+    from ..fixedpoint import INT16_BITS
+    dtypes = ["int32"] + (["int16"] if network.fixed_point.accumulator_bits <= INT16_BITS else [])
+    nets = {d: compile_network(network, d) for d in dtypes}
+    x = np.asarray(x)
+    check_input(nets["int32"], x)            # refuses what the engine would refuse, before the reference runs
+    lead = (network.timesteps,) if network.encoding == "spikes" else ()
+    if x.shape == lead + tuple(network.input_shape):
+        x = x[None]
+    ref_out, ref_spikes = integer_reference(network, x, batch_size)
+    runs = {d: run(nets[d], x, batch_size=batch_size, record=True) for d in dtypes}
+    layers, first = [], None
+    for name in network.topological_order():
+        ref = ref_spikes[name]
+        layer = {"population": name, "neurons": int(np.prod(ref.shape[2:])),
+                 "spikes_reference": int(np.count_nonzero(ref)),
+                 "spikes_engine": int(np.count_nonzero(runs["int32"].spikes[name])), "first_divergence": None}
+        for d in dtypes:
+            e = runs[d].spikes[name]
+            layer[f"identical_{d}"] = float((ref == e).mean())
+            div = _first_divergence(ref, e)
+            if div is not None and layer["first_divergence"] is None:
+                t, n, idx = div
+                layer["first_divergence"] = {"dtype": d, "timestep": t, "sample": n, "neuron": list(idx),
+                                             "reference": int(ref[(t, n) + idx]), "engine": int(e[(t, n) + idx])}
+                if first is None:
+                    first = dict(population=name, **layer["first_divergence"])
+        layers.append(layer)
+    res = {"reference": "integer PyTorch (DenseRunner)", "samples": int(len(x)), "timesteps": int(network.timesteps),
+           "dtypes": dtypes, "layers": layers, "first_divergence": first}
+    outputs_same = True
+    for d in dtypes:
+        diff = np.abs(ref_out - runs[d].outputs)
+        res[f"outputs_identical_{d}"] = bool(not diff.any())
+        res[f"max_output_diff_{d}"] = int(diff.max()) if diff.size else 0
+        res[f"predictions_agree_{d}"] = float((ref_out.argmax(1) == runs[d].predictions).mean())
+        outputs_same &= res[f"outputs_identical_{d}"]
+    res["passed"] = bool(first is None and outputs_same)
+    return res
+
+
+def format_fixed_verification(res: dict) -> str:
+    from ..reports import table
+    dtypes = res["dtypes"]
+    rows = [[lay["population"], lay["neurons"], lay["spikes_reference"], lay["spikes_engine"]]
+            + [f"{100 * lay[f'identical_{d}']:.4f}%" for d in dtypes] for lay in res["layers"]]
+    out = [f"verify: {res['samples']} samples, T={res['timesteps']}, fixed point: integer PyTorch reference vs "
+           f"evsim engine ({', '.join(dtypes)})", "",
+           table(rows, ["population", "neurons", "spikes reference", "spikes evsim"]
+                 + [f"identical {d}" for d in dtypes]), ""]
+    out.append("integer outputs: " + ", ".join(
+        f"{d} {'identical' if res[f'outputs_identical_{d}'] else 'max |diff| ' + str(res[f'max_output_diff_{d}'])}"
+        for d in dtypes))
+    if res["first_divergence"]:
+        d = res["first_divergence"]
+        out.append(f"first divergence ({d['dtype']}): population {d['population']}, timestep {d['timestep']}, sample "
+                   f"{d['sample']}, neuron {tuple(d['neuron'])}: reference {d['reference']:+d}, evsim {d['engine']:+d}")
+    out.append("PASSED: every spike and every integer output identical" if res["passed"] else "FAILED")
+    return "\n".join(out)

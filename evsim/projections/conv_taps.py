@@ -83,6 +83,10 @@ def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, ta
     c_out = tap_w.shape[1]
     m_c, s_c = divider(c_in)
     m_w, s_w = divider(w_in)
+    # the runs address flat arrays (add_run takes 1-D arrays only: indexing a 2-D one by a flat offset
+    # would take rows, out of bounds)
+    acc_flat = acc.reshape(-1)
+    w_flat = tap_w.reshape(-1)
     ops = 0
     for e in range(cnt):
         ci, y, x = decode(ev_idx[e], c_in, w_in, m_c, s_c, m_w, s_w)
@@ -92,7 +96,8 @@ def conv_taps(ev_idx, ev_sign, cnt, c_in, w_in, tap_ptr, tap_y, tap_x, tap_w, ta
             ox = col_map[x, tap_x[k]]
             if oy < 0 or ox < 0:
                 continue
-            add_run(acc, np.uint64((oy * w_out + ox) * c_out), tap_w, np.uint64(k * c_out), np.uint64(c_out), sign)
+            add_run(acc_flat, np.uint64((oy * w_out + ox) * c_out), w_flat, np.uint64(k * c_out), np.uint64(c_out),
+                    sign)
             ops += tap_nnz[k]
     return ops
 
