@@ -59,6 +59,20 @@ def timed_eval(label, network, data, *, workers=None, chunk_size, threads=1, lim
     return row, r
 
 
+def resnet19_line() -> list[str]:
+    """A pointer to the ResNet-19 scale estimate (bench/resnet19_scale.py), with its totals when it has been run."""
+    try:
+        doc = json.loads((ROOT / "bench/RESNET19_SCALE.json").read_text())
+        est = ", ".join(f"{r['nodes']} node{'s' if r['nodes'] > 1 else ''}: {r['total_s'] / 60:.1f} min"
+                        for r in doc["estimate"])
+        per = f" ({1e3 * doc['measured']['per_sample_1thr_s']:.0f} ms per image at 1 thread, measured)"
+    except (OSError, ValueError, KeyError, TypeError):
+        est, per = "", ""
+    return [f"ResNet-19 (Ternary Spike, imported) on 50 000 CIFAR-shaped images on 2-core nodes, estimated from measurements{per}"
+            + (f": {est}" if est else "") + "; the model, what is measured and assumed, and what limits it: "
+            "bench/RESULTS.md, \"ResNet-19 on 50 000 images\" (`python bench/resnet19_scale.py`).", ""]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "models/fmnist-resnet8-ternary/folded.h5"))
@@ -67,6 +81,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="First N test images only (default: all 10 000).")
     ap.add_argument("--out", default=str(ROOT / "bench/DISTRIBUTED.md"))
     a = ap.parse_args(argv)
+    if not Path(a.out).resolve().parent.is_dir():         # refuse now, not after the runs
+        ap.error(f"--out {a.out}: directory {Path(a.out).resolve().parent} does not exist")
 
     from evsim.data import open_data
     from evsim.format import read_network
@@ -119,7 +135,7 @@ def main(argv=None):
            "Start-up (a LocalCluster of worker processes, each importing evsim and Numba's cached kernels, and the "
            "network compiled once per worker in a warm-up run) is excluded from the wall times.",
            "**Taken on a shared 2-core machine with other jobs running (see the load averages): these figures are "
-           "indicative only and must be retaken on a quiet machine.**", ""]
+           "indicative only and must be retaken on a quiet machine.**", ""] + resnet19_line()
     out.write_text("\n".join(md))
     print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
 

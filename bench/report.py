@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cases import IMPL_LABEL, IMPLS
 from compare import IMPL_SHORT, describe
 from timing import fmt_stat
@@ -693,6 +695,9 @@ def write_markdown(R: dict, path) -> str:
                   "the dense current of a direct-encoded input is a Numba kernel on the same thread pool (OpenBLAS "
                   "worker threads, which keep spinning after a call, had held the speed-up of the sparse model at "
                   "1.0x)."]
+    scale = Path(__file__).resolve().parent / "RESNET19_SCALE.md"      # bench/resnet19_scale.py, run on its own
+    if scale.is_file():
+        L += ["", scale.read_text().rstrip()]
     L.append("")
     text = "\n".join(L)
     with open(path, "w") as f:

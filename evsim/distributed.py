@@ -20,7 +20,11 @@ Both run either in this process or on a Dask cluster (a LocalCluster of worker p
   atomically, beside a manifest naming the network, the data, the chunk size and the run's
   settings); the results file is assembled from them at the end, written atomically, and the
   directory removed. A run started again with the same ``out`` skips the chunks already there;
-  one with a different network, data or chunk size is refused in one line.
+  one with a different network, data or chunk size is refused in one line;
+* a sweep with ``out`` keeps ``OUT.partial/`` the same way (:class:`SweepStore`): each finished point as its
+  integer totals and predictions (its table row and report are rebuilt from them, bit for bit), the running
+  point's finished chunks in a :class:`PartialStore` of its own; a sweep started again skips both and writes
+  the table an uninterrupted sweep writes; one with a different network, grid, data or settings is refused.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from .errors import EvsimError, InputError
 RESULTS_FORMAT = "evsim-eval"
 RESULTS_VERSION = 1
 PARTIAL_FORMAT = "evsim-eval-partial"
+SWEEP_PARTIAL_FORMAT = "evsim-sweep-partial"
+POINT_FORMAT = "evsim-sweep-point"
 POP_COUNTERS = ("spikes_pos", "spikes_neg")                              # (N, populations)
 PROJ_COUNTERS = ("events_in", "synaptic_ops", "macs", "macs_nonzero")    # (N, projections)
 COUNTERS = POP_COUNTERS + PROJ_COUNTERS + ("input_events",)
@@ -400,41 +406,67 @@ class Progress:
 
 
 # ------------------------------------------------------------------ partial results (resume)
+
+def _open_partial_dir(store, out, fmt: str, keys: tuple, force: bool) -> None:
+    """Open ``store.dir`` for ``store.manifest``: resume one made with the same ``keys``, refuse (or, with
+    ``force``, discard) one made otherwise, create it when absent. One line for every refusal."""
+    from .files import open_regular
+    d = store.dir
+    if os.path.lexists(d):
+        if os.path.islink(d) or not d.is_dir():
+            raise EvalError(f"{d}: exists and is not a directory of partial results")
+        try:
+            with open_regular(d / "manifest.json", "partial results manifest") as f:
+                old = json.loads(f.read(1 << 20).decode("utf-8"))
+            if not isinstance(old, dict) or old.get("format") != fmt:
+                raise ValueError("not an evsim manifest")
+        except (EvsimError, ValueError, UnicodeDecodeError) as e:
+            raise EvalError(f"{d}: not evsim partial results ({str(e).splitlines()[0]}); "
+                            f"remove it to start over") from None
+        new = json.loads(json.dumps(store.manifest, sort_keys=True))
+        differ = [k for k in keys if old.get(k) != new.get(k)]
+        if differ:
+            if not force:
+                raise EvalError(f"{out}: cannot resume, the partial results in {d} were made with a "
+                                f"different {', '.join(k.replace('_', ' ') for k in differ)} (pass --force to "
+                                f"discard them and start over)")
+            store.remove()
+    if not os.path.lexists(d):
+        try:
+            os.mkdir(d)
+        except OSError as e:
+            raise EvalError(f"{d}: cannot create ({e.strerror})") from None
+        store._write("manifest.json", json.dumps(store.manifest, indent=1, sort_keys=True).encode())
+
+
+def _remove_known(d: Path, subdirs: str | None = None) -> None:
+    """Remove what evsim wrote in ``d`` (its manifest, chunk/point files, temporaries; with ``subdirs``, the
+    directories of partial results whose names start so), then ``d`` if nothing else is left."""
+    if os.path.islink(d) or not d.is_dir():
+        return
+    for p in d.iterdir():
+        if subdirs and p.name.startswith(subdirs) and p.name.endswith(".partial") and not p.is_symlink() \
+                and p.is_dir():
+            _remove_known(p)
+        elif p.is_file() and not p.is_symlink() and (
+                p.name == "manifest.json" or p.name.endswith(".tmp")
+                or (p.name.startswith(("chunk-", "point-")) and p.name.endswith(".npz"))):
+            p.unlink()
+    with contextlib.suppress(OSError):
+        d.rmdir()
+
+
 class PartialStore:
     """``OUT.partial/``: a manifest and one ``chunk-XXXXXXXX.npz`` per finished chunk, each written atomically."""
 
+    KEYS = ("network", "params", "data", "labels", "samples", "chunk_size", "dtype", "conv_mode")
+
     def __init__(self, out: Path, manifest: dict, force: bool):
-        from .files import open_regular
         self.dir = Path(str(out) + ".partial")
         self.manifest = manifest
         # a fixed-point run's outputs are int64 sums over T (evsim.engine.output_dtype), a real run's its float type
         self.outputs_dtype = np.dtype(np.int64 if manifest["dtype"] in ("int16", "int32") else manifest["dtype"])
-        if os.path.lexists(self.dir):
-            if os.path.islink(self.dir) or not self.dir.is_dir():
-                raise EvalError(f"{self.dir}: exists and is not a directory of partial results")
-            mpath = self.dir / "manifest.json"
-            try:
-                with open_regular(mpath, "partial results manifest") as f:
-                    old = json.loads(f.read(1 << 20).decode("utf-8"))
-                if not isinstance(old, dict) or old.get("format") != PARTIAL_FORMAT:
-                    raise ValueError("not an evsim manifest")
-            except (EvsimError, ValueError, UnicodeDecodeError) as e:
-                raise EvalError(f"{self.dir}: not evsim partial results ({str(e).splitlines()[0]}); "
-                                f"remove it to start over") from None
-            differ = [k for k in ("network", "params", "data", "labels", "samples", "chunk_size", "dtype", "conv_mode")
-                      if old.get(k) != manifest.get(k)]
-            if differ:
-                if not force:
-                    raise EvalError(f"{out}: cannot resume, the partial results in {self.dir} were made with a "
-                                    f"different {', '.join(d.replace('_', ' ') for d in differ)} (pass --force to "
-                                    f"discard them and start over)")
-                self.remove()
-        if not os.path.lexists(self.dir):
-            try:
-                os.mkdir(self.dir)
-            except OSError as e:
-                raise EvalError(f"{self.dir}: cannot create ({e.strerror})") from None
-            self._write("manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+        _open_partial_dir(self, out, PARTIAL_FORMAT, self.KEYS, force)
 
     def _write(self, name: str, data: bytes):
         from .files import atomic_write
@@ -469,14 +501,66 @@ class PartialStore:
         return res
 
     def remove(self):
-        if os.path.islink(self.dir) or not self.dir.is_dir():
-            return
-        for p in self.dir.iterdir():
-            if p.name == "manifest.json" or (p.name.startswith("chunk-") and p.name.endswith(".npz")) \
-                    or p.name.endswith(".tmp"):
-                p.unlink()
-        with contextlib.suppress(OSError):
-            self.dir.rmdir()
+        _remove_known(self.dir)
+
+
+class SweepStore:
+    """``TABLE.partial/`` of a sweep: a manifest (network, grid, data, labels, chunk size, settings); per finished
+    point a ``point-NNNN.npz`` (its integer totals, predictions and timing: all its table row needs); per running
+    point a ``point-NNNN.partial/`` of finished chunks (a :class:`PartialStore`)."""
+
+    KEYS = ("network", "grid", "data", "labels", "samples", "chunk_size", "dtype", "conv_mode")
+
+    def __init__(self, out, manifest: dict, force: bool):
+        self.dir = Path(str(out) + ".partial")
+        self.manifest = manifest
+        _open_partial_dir(self, out, SWEEP_PARTIAL_FORMAT, self.KEYS, force)
+
+    _write = PartialStore._write
+
+    def point(self, i: int) -> Path:
+        """The base of point ``i``'s files: ``point-NNNN.npz`` when done, ``point-NNNN.partial/`` while running."""
+        return self.dir / f"point-{i:04d}"
+
+    def remove(self):
+        _remove_known(self.dir, subdirs="point-")
+
+
+def _save_point(path: Path, manifest: dict, preds: np.ndarray, totals: dict, seconds: float,
+                samples_per_s: float | None, where: str) -> None:
+    """A finished sweep point, written atomically: what its row and report are rebuilt from, bit for bit."""
+    from .files import atomic_write
+    meta = {"format": POINT_FORMAT, "manifest": manifest, "seconds": seconds, "samples_per_s": samples_per_s,
+            "where": where}
+    buf = io.BytesIO()
+    np.savez(buf, predictions=preds, meta=np.array(json.dumps(meta, sort_keys=True)),
+             **{"total_" + k: np.asarray(v, dtype=np.int64) for k, v in totals.items()})
+    with atomic_write(path, force=True, what="partial results") as f:
+        f.write(buf.getvalue())
+
+
+def _load_point(path: Path, manifest: dict, n: int, n_pop: int, n_proj: int) -> tuple | None:
+    """(predictions, totals, meta) of a finished point made with ``manifest``; None when absent or not that
+    (the point is then run again)."""
+    from .files import open_regular
+    if not os.path.lexists(path):
+        return None
+    want = {"input_events": (), **{k: (n_pop,) for k in POP_COUNTERS}, **{k: (n_proj,) for k in PROJ_COUNTERS}}
+    try:
+        with open_regular(path, "sweep point") as f, np.load(f, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            preds = z["predictions"]
+            totals = {k: z["total_" + k] for k in want}
+    except Exception:                           # noqa: BLE001 - an unreadable point is simply rerun
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != POINT_FORMAT or \
+            meta.get("manifest") != json.loads(json.dumps(manifest, sort_keys=True)):
+        return None
+    if preds.shape != (n,) or preds.dtype != np.int64 or \
+            any(totals[k].shape != s or totals[k].dtype != np.int64 for k, s in want.items()):
+        return None
+    totals["input_events"] = np.int64(totals["input_events"])
+    return preds, totals, meta
 
 
 # ------------------------------------------------------------------ aggregation and report
@@ -520,13 +604,31 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def _labels(labels, src, n: int, data) -> tuple[np.ndarray | None, str | None]:
+    """The first ``n`` labels (int64) and what identifies them in a manifest."""
+    from .data import load_labels
+    if labels is not None and src.labels is not None and isinstance(data, str):
+        raise EvalError("--labels goes with a data file; a dataset by name brings its own")
+    if labels is None:
+        y = None if src.labels is None else np.asarray(src.labels, dtype=np.int64)[:n]
+        return y, None if y is None else "dataset"
+    if isinstance(labels, (str, os.PathLike)):
+        y = load_labels(str(labels), len(src))[:n]
+        return y, f"{labels} sha256:{hashlib.sha256(y.tobytes()).hexdigest()[:32]}"
+    y = np.asarray(labels).reshape(-1)
+    if len(y) < n or y.dtype.kind not in "iu":
+        raise InputError(f"labels must be {n} integers, one per sample; got shape {y.shape}, dtype {y.dtype}")
+    y = y[:n].astype(np.int64)
+    return y, f"array sha256:{hashlib.sha256(y.tobytes()).hexdigest()[:32]}"
+
+
 def evaluate(weights, data, labels=None, *, runner_=None, workers: int | None = None, scheduler: str | None = None,
              client=None, chunk_size: int = DEFAULT_CHUNK, out: str | os.PathLike | None = None, force: bool = False,
              dtype: str = "float32", conv_mode: str = "kernel", threads: int | None = None,
              progress: bool | None = None, energy: str = "45nm-fp32", mac_basis: str = "nonzero",
              params: dict | None = None, keep_samples: bool = False, batch_size: int = 256,
              on_chunk: Callable[[int, int], None] | None = None, limit: int | None = None,
-             _network_key: str | None = None, _label: str = "eval") -> EvalResult:
+             _network_key: str | None = None, _label: str = "eval", _point: Path | None = None) -> EvalResult:
     """Run ``weights`` (a path or a :class:`~evsim.graph.Network`) over ``data`` (a spec for
     :func:`evsim.data.open_data`, a :class:`~evsim.data.DataSource` or an array).
 
@@ -535,7 +637,7 @@ def evaluate(weights, data, labels=None, *, runner_=None, workers: int | None = 
     file (HDF5; resumable, see the module docstring). ``keep_samples``: also return every sample's outputs
     and counters in memory. ``on_chunk(index, done)`` is called after each chunk (tests).
     """
-    from .data import ArraySource, DataSource, check_chunk, load_labels, open_data
+    from .data import ArraySource, DataSource, check_chunk, open_data
     from .files import check_writable_target
     from .format import read_network
     from .reports import energy_model, _check_basis
@@ -560,20 +662,7 @@ def evaluate(weights, data, labels=None, *, runner_=None, workers: int | None = 
         if src.sample_shape != lead + tuple(point.input_shape):
             raise InputError(f"{src.name}: samples of shape {src.sample_shape} do not fit the network (expected "
                              f"{lead + tuple(point.input_shape)}" + (f" with T={point.timesteps}" if lead else "") + ")")
-        if labels is not None and src.labels is not None and isinstance(data, str):
-            raise EvalError("--labels goes with a data file; a dataset by name brings its own")
-        if labels is None:
-            y = None if src.labels is None else np.asarray(src.labels, dtype=np.int64)[:n]
-            labels_id = None if y is None else "dataset"
-        elif isinstance(labels, (str, os.PathLike)):
-            y = load_labels(str(labels), len(src))[:n]
-            labels_id = f"{labels} sha256:{hashlib.sha256(y.tobytes()).hexdigest()[:32]}"
-        else:
-            y = np.asarray(labels).reshape(-1)
-            if len(y) < n or y.dtype.kind not in "iu":
-                raise InputError(f"labels must be {n} integers, one per sample; got shape {y.shape}, dtype {y.dtype}")
-            y = y[:n].astype(np.int64)
-            labels_id = f"array sha256:{hashlib.sha256(y.tobytes()).hexdigest()[:32]}"
+        y, labels_id = _labels(labels, src, n, data)
         from .limits import Limits
         Limits.from_env().check_bytes(f"a chunk of {chunk_size} samples of shape {src.sample_shape}",
                                       chunk_size * math.prod(src.sample_shape) * 8)
@@ -581,7 +670,7 @@ def evaluate(weights, data, labels=None, *, runner_=None, workers: int | None = 
             run = runner_ if runner_ is not None else stack.enter_context(runner(workers, scheduler, threads, client))
             return _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size, out, force, dtype,
                              conv_mode, progress, energy, mac_basis, keep_samples, batch_size, on_chunk,
-                             check_chunk, weights, _label)
+                             check_chunk, weights, _label, _point)
     finally:
         if own_source:
             src.close()
@@ -589,7 +678,10 @@ def evaluate(weights, data, labels=None, *, runner_=None, workers: int | None = 
 
 def _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size, out, force, dtype, conv_mode,
               progress, energy, mac_basis, keep_samples, batch_size, on_chunk, check_chunk, weights,
-              label) -> EvalResult:
+              label, point_base=None) -> EvalResult:
+    """One run over the data. ``point_base`` (a sweep's, see :class:`SweepStore`): its finished chunks are kept in
+    ``point_base.partial/``; when the whole point is done, its totals in ``point_base.npz``, and a point found
+    there finished is not run again: its result is rebuilt from those integers."""
     from .compiler import compile_network
     _NETWORKS.setdefault(key, network)        # the client's copy: compiles the point for its report
     net = _compiled(key, tuple(sorted(params.items())), dtype, conv_mode) if isinstance(run, InProcessRunner) \
@@ -606,7 +698,21 @@ def _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size
                 "samples": n, "chunk_size": chunk_size, "dtype": dtype, "conv_mode": conv_mode,
                 "n_outputs": n_out, "populations": [p.name for p in net.populations],
                 "projections": [p.name for p in net.projections]}
-    store = PartialStore(out, manifest, force) if out is not None else None
+    prog = Progress(n, len(spans), sys.stderr.isatty() if progress is None else progress, label)
+    if point_base is not None:
+        if keep_samples or out is not None:
+            raise EvalError("a sweep point keeps its totals only (no keep_samples, no out)")
+        finished = _load_point(Path(str(point_base) + ".npz"), manifest, n, n_pop, n_proj)
+        if finished is not None:
+            preds, totals, meta = finished
+            for s, e in spans:
+                prog.skip(e - s)
+            prog.close()
+            _remove_known(Path(str(point_base) + ".partial"))          # a leftover, if any
+            return _result(net, totals, preds, y, n, len(spans), len(spans), meta["seconds"], meta["samples_per_s"],
+                           None, meta["where"], params, energy, mac_basis)
+    store = PartialStore(out if point_base is None else point_base, manifest, force) \
+        if out is not None or point_base is not None else None
 
     totals = {k: np.zeros(n_pop, np.int64) for k in POP_COUNTERS}
     totals.update({k: np.zeros(n_proj, np.int64) for k in PROJ_COUNTERS})
@@ -627,7 +733,6 @@ def _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size
         if keep_samples:
             kept[idx] = res
 
-    prog = Progress(n, len(spans), sys.stderr.isatty() if progress is None else progress, label)
     resumed = 0
     if store is not None:
         for idx, (s, e) in enumerate(spans):
@@ -664,22 +769,34 @@ def _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size
     seconds = time.perf_counter() - t0
     if len(done) != len(spans):                           # pragma: no cover - map raises first
         raise EvalError(f"only {len(done)} of {len(spans)} chunks finished")
-    report = _report(net, totals, n, energy, mac_basis)
-    result = EvalResult(report=report, samples=n, chunks=len(spans), chunks_resumed=resumed, seconds=seconds,
-                        samples_per_s=computed / seconds if computed and seconds > 0 else None, predictions=preds,
-                        labels=y, totals=totals, out=None if out is None else str(out), where=run.where,
-                        params=params)
+    result = _result(net, totals, preds, y, n, len(spans), resumed, seconds,
+                     computed / seconds if computed and seconds > 0 else None, out, run.where, params, energy,
+                     mac_basis)
+    if keep_samples:
+        result.per_sample = {k: np.concatenate([kept[i][k] for i in range(len(spans))]) for k in kept[0]}
+    if point_base is not None:
+        _save_point(Path(str(point_base) + ".npz"), manifest, preds, totals, seconds, result.samples_per_s, run.where)
+        store.remove()
+    elif store is not None:
+        _write_results(out, force, result, net, store, spans, manifest, weights, src.name, energy, mac_basis)
+        store.remove()
+    return result
+
+
+def _result(net, totals, preds, y, n, chunks, resumed, seconds, samples_per_s, out, where, params, energy,
+            mac_basis) -> EvalResult:
+    """The result of a run from its integer totals and predictions (the report, accuracy and confusion matrix are
+    functions of these alone: a point rebuilt from its saved integers is the point that was run)."""
+    n_out = net.n_outputs
+    result = EvalResult(report=_report(net, totals, n, energy, mac_basis), samples=n, chunks=chunks,
+                        chunks_resumed=resumed, seconds=seconds, samples_per_s=samples_per_s, predictions=preds,
+                        labels=y, totals=totals, out=None if out is None else str(out), where=where, params=params)
     if y is not None:
         result.correct = int((preds == y).sum())
         result.accuracy = result.correct / n
         conf = np.zeros((n_out, n_out), dtype=np.int64)
         np.add.at(conf, (y, preds), 1)
         result.confusion = conf
-    if keep_samples:
-        result.per_sample = {k: np.concatenate([kept[i][k] for i in range(len(spans))]) for k in kept[0]}
-    if store is not None:
-        _write_results(out, force, result, net, store, spans, manifest, weights, src.name, energy, mac_basis)
-        store.remove()
     return result
 
 
@@ -766,11 +883,31 @@ class SweepPoint:
     result: EvalResult
 
 
+def table_base(out) -> str:
+    """``out`` without a .csv or .md suffix: the tables are BASE.csv and BASE.md, the partial results BASE.partial/."""
+    base = str(out)
+    for suf in (".csv", ".md"):
+        if base.lower().endswith(suf):
+            return base[:-len(suf)]
+    return base
+
+
 def sweep(weights, data, grid: list[tuple[str, list]], labels=None, *, workers=None, scheduler=None, client=None,
           chunk_size=DEFAULT_CHUNK, dtype="float32", conv_mode="kernel", threads=None, progress=None,
-          energy="45nm-fp32", mac_basis="nonzero", limit=None, on_point=None) -> list[SweepPoint]:
-    """Every point of ``grid`` (the product of its values, in order) over the same data and the same cluster."""
-    from .data import open_data
+          energy="45nm-fp32", mac_basis="nonzero", limit=None, on_point=None, on_chunk=None, out=None, force=False,
+          title: str | Callable[[list], str] = "") -> list[SweepPoint]:
+    """Every point of ``grid`` (the product of its values, in order) over the same data and the same cluster.
+
+    ``out``: the table (``OUT.csv`` and ``OUT.md``, written at the end; ``title``: a line, or a function of the
+    points giving it). Until then every finished point (its integer totals and predictions) and, within the
+    running point, every finished chunk are kept in ``OUT.partial/``; a sweep started again with the same ``out``
+    skips them, and its table is the one an uninterrupted run writes (``samples_per_s`` of a point is that of the
+    run that computed it). Partial results made with a different network, grid, data, labels, chunk size, dtype
+    or convolution mode are refused in one line (``force``: discarded). ``on_point(i, params, result)`` after each
+    point and ``on_chunk(i, chunk, done)`` after each chunk of point ``i`` (tests).
+    """
+    from .data import ArraySource, DataSource, open_data
+    from .files import check_writable_target
     from .format import read_network
     network = read_network(weights) if isinstance(weights, (str, os.PathLike)) else weights
     key = network_key(network)
@@ -778,18 +915,39 @@ def sweep(weights, data, grid: list[tuple[str, list]], labels=None, *, workers=N
     points = [dict(zip(names, vals)) for vals in itertools.product(*[g[1] for g in grid])]
     for p in points:
         apply_params(network, p)         # refuse a bad point before anything runs
+    base = None
+    if out is not None:
+        base = table_base(out)
+        for suf in (".csv", ".md"):
+            check_writable_target(base + suf, force, "table")
     rows = []
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(open_data(data)) if isinstance(data, (str, os.PathLike)) else data
+        if isinstance(data, (str, os.PathLike)):
+            src = stack.enter_context(open_data(str(data)))
+        else:
+            src = data if isinstance(data, DataSource) else ArraySource(data)
+        store = None
+        if base is not None:
+            n = len(src) if limit is None else min(limit, len(src))
+            _, labels_id = _labels(labels, src, n, data)
+            manifest = {"format": SWEEP_PARTIAL_FORMAT, "version": 1, "network": key,
+                        "grid": [[k, list(v)] for k, v in grid], "data": src.fingerprint() + (
+                            f" limit={n}" if n != len(src) else ""), "labels": labels_id, "samples": n,
+                        "chunk_size": chunk_size, "dtype": dtype, "conv_mode": conv_mode}
+            store = SweepStore(base, manifest, force)
         run = stack.enter_context(runner(workers, scheduler, threads, client))
         for i, p in enumerate(points):
             label = "sweep " + " ".join(f"{k}={v:g}" for k, v in p.items()) + f" ({i + 1}/{len(points)})"
             res = evaluate(network, src, labels, runner_=run, chunk_size=chunk_size, dtype=dtype, conv_mode=conv_mode,
                            progress=progress, energy=energy, mac_basis=mac_basis, params=p, limit=limit,
-                           _network_key=key, _label=label)
+                           _network_key=key, _label=label, _point=None if store is None else store.point(i),
+                           on_chunk=None if on_chunk is None else (lambda c, d, i=i: on_chunk(i, c, d)))
             rows.append(SweepPoint(p, res))
             if on_point is not None:
                 on_point(i, p, res)
+    if base is not None:
+        write_table(rows, base, force, title(rows) if callable(title) else title)
+        store.remove()
     return rows
 
 
@@ -810,10 +968,7 @@ def sweep_table(points: list[SweepPoint]) -> tuple[list[str], list[list]]:
 def write_table(points: list[SweepPoint], out: str, force: bool = False, title: str = "") -> tuple[Path, Path]:
     """``OUT.csv`` and ``OUT.md`` (``out`` with or without either suffix), both written atomically."""
     from .files import atomic_write, check_writable_target
-    base = str(out)
-    for suf in (".csv", ".md"):
-        if base.lower().endswith(suf):
-            base = base[:-len(suf)]
+    base = table_base(out)
     paths = Path(base + ".csv"), Path(base + ".md")
     for p in paths:
         check_writable_target(p, force, "table")

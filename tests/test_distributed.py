@@ -301,3 +301,106 @@ def test_weight_bits_points_are_the_quantised_network(case, tmp_path):
         evaluate(q, case["x"], params={"weight_bits": 4})
     with pytest.raises(EvalError, match="weight_bits must be between 2 and 16"):
         parse_grid(["weight_bits=1"])
+
+
+def _table_without_rate(path):
+    """The CSV table with its timing column (samples_per_s, the one figure that is not a function of the data)
+    dropped: every other cell must be bit for bit that of an uninterrupted run."""
+    lines = path.read_text().splitlines()
+    col = lines[0].split(",").index("samples_per_s")
+    return [[c for j, c in enumerate(line.split(",")) if j != col] for line in lines]
+
+
+def test_sweep_out_resumes_points_and_chunks(case, tmp_path):
+    """A sweep with out, stopped after two points, then stopped again within the third, then run to the end:
+    finished points and chunks are not recomputed, and the table is that of an uninterrupted run."""
+    grid = parse_grid(["threshold_scale=0.8,1", "weight_bits=4,8"])     # float and int32 points: 4 points
+    whole = sweep(case["weights"], case["data"], grid, case["labels"], chunk_size=5, out=tmp_path / "whole.csv")
+    assert not (tmp_path / "whole.partial").exists()
+    out, partial = tmp_path / "t", tmp_path / "t.partial"
+    seen = []
+
+    def stop_after_two_points(i, p, r):
+        if i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(case["weights"], case["data"], grid, case["labels"], chunk_size=5, out=out, on_point=stop_after_two_points,
+              on_chunk=lambda i, c, d: seen.append((i, c)))
+    assert sorted(p.name for p in partial.glob("point-*.npz")) == ["point-0000.npz", "point-0001.npz"]
+    assert not (tmp_path / "t.csv").exists() and len(seen) == 10
+
+    def stop_in_point_two(i, c, d):
+        seen.append((i, c))
+        if i == 2 and d == 3:
+            raise KeyboardInterrupt
+
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        sweep(case["weights"], case["data"], grid, case["labels"], chunk_size=5, out=out, on_chunk=stop_in_point_two)
+    assert seen == [(2, 0), (2, 1), (2, 2)]                      # points 0 and 1 were not run again
+    assert len(list((partial / "point-0002.partial").glob("chunk-*.npz"))) == 3
+    # anything that would change the results is refused in one line, the partial results kept
+    for kw, what in ((dict(grid=parse_grid(["threshold_scale=0.8,1", "weight_bits=4,6"])), "different grid"),
+                     (dict(chunk_size=4), "different chunk size"), (dict(limit=20), "different data"),
+                     (dict(labels=case["y"][::-1].copy()), "different labels"),
+                     (dict(weights=case["net"], dtype="float64"), "different dtype")):
+        args = dict(weights=case["weights"], grid=grid, labels=case["labels"], chunk_size=5)
+        args.update(kw)
+        with pytest.raises(EvalError, match=what) as e:
+            sweep(args.pop("weights"), case["data"], args.pop("grid"), args.pop("labels"), out=out, **args)
+        assert "\n" not in str(e.value) and "--force" in str(e.value)
+    other = tmp_path / "other.h5"
+    write_network(networks.residual_net(seed=9), other)
+    with pytest.raises(EvalError, match="different network"):
+        sweep(str(other), case["data"], grid, case["labels"], chunk_size=5, out=out)
+    assert len(list(partial.glob("point-*.npz"))) == 2
+
+    seen.clear()
+    pts = sweep(case["weights"], case["data"], grid, case["labels"], chunk_size=5, out=out,
+                on_chunk=lambda i, c, d: seen.append((i, c)))
+    assert seen == [(2, 3), (2, 4)] + [(3, c) for c in range(5)]
+    assert [(p.result.chunks_resumed, p.result.chunks) for p in pts] == [(5, 5), (5, 5), (3, 5), (0, 5)]
+    assert not partial.exists()
+    assert _table_without_rate(tmp_path / "t.csv") == _table_without_rate(tmp_path / "whole.csv")
+    for a, b in zip(pts, whole):
+        assert a.params == b.params and a.result.report.to_dict() == b.result.report.to_dict()
+        assert np.array_equal(a.result.predictions, b.result.predictions)
+        assert np.array_equal(a.result.confusion, b.result.confusion) and a.result.correct == b.result.correct
+        for k in COUNTERS:
+            assert np.array_equal(a.result.totals[k], b.result.totals[k])
+    # points finished in the first run keep that run's samples/s; the table is refused without --force
+    assert pts[0].result.samples_per_s is not None
+    with pytest.raises(EvsimError, match="already exists"):
+        sweep(case["weights"], case["data"], grid, case["labels"], chunk_size=5, out=out)
+
+
+def test_cli_sweep_resumes_and_refuses_other_settings(case, tmp_path):
+    out = str(tmp_path / "tab")
+    args = ["sweep", "-w", case["weights"], "-d", case["data"], "--labels", case["labels"], "--chunk-size", "6",
+            "--grid", "threshold_scale=0.9,1.1", "--out", out]
+
+    def stop(i, p, r):
+        raise KeyboardInterrupt
+
+    # the same settings as the command line's defaults: a partial sweep the command picks up
+    with pytest.raises(KeyboardInterrupt):
+        sweep(case["weights"], case["data"], parse_grid(["threshold_scale=0.9,1.1"]), case["labels"], chunk_size=6,
+              out=out, on_point=stop)
+    r = _runner().invoke(main, args[:-4] + ["--grid", "threshold_scale=0.9,1.2", "--out", out])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "different grid" in r.stderr, r.output + r.stderr
+    r = _runner().invoke(main, args)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "resumed from" in r.stdout and "1 finished point(s)" in r.stdout
+    assert not (tmp_path / "tab.partial").exists()
+    whole = str(tmp_path / "whole")
+    r = _runner().invoke(main, args[:-1] + [whole])
+    assert r.exit_code == 0 and "resumed" not in r.stdout
+    assert _table_without_rate(tmp_path / "tab.csv") == _table_without_rate(tmp_path / "whole.csv")
+    # a partial sweep of another grid is discarded with --force
+    with pytest.raises(KeyboardInterrupt):
+        sweep(case["weights"], case["data"], parse_grid(["threshold_scale=0.7,1.1"]), case["labels"], chunk_size=6,
+              out=out, on_point=stop, force=True)
+    r = _runner().invoke(main, args + ["--force"])
+    assert r.exit_code == 0 and "resumed" not in r.stdout, r.output + r.stderr
+    assert _table_without_rate(tmp_path / "tab.csv") == _table_without_rate(tmp_path / "whole.csv")
