@@ -116,8 +116,10 @@ def main():
                    "(default: T equal windows over each sample's span).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy, N integers) to report accuracy.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="float64 for verification, float32 for speed.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "int32", "int16"]), default="float32",
+              show_default=True,
+              help="float64 for verification, float32 for speed; a fixed-point file (evsim quantize) runs in int32 "
+                   "(the default there) or int16.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--energy-model", default="45nm-fp32", show_default=True, help="Energy per operation (see README).")
@@ -135,15 +137,23 @@ def main():
 @click.option("--profile", is_flag=True,
               help="Also say where the time went: every step of the engine's driver timed with the CPU's clock "
                    "(same code path), per layer and per kernel.")
+@click.option("--hardware", metavar="NAME_OR_FILE",
+              help="Also map the network onto a chip (built-in profile: loihi, loihi2, truenorth, spinnaker2, "
+                   "dynapcnn; or a .toml profile) and report its packets, synaptic ops per core, latency and energy "
+                   "(docs/HARDWARE.md).")
 @user_errors
 def run(weights, input_path, dataset, events_path, window_us, labels, limit, dtype, batch_size, top_k, energy_model,
-        conv_mode, threads, mac_basis, as_json, per_sample, profile):
+        conv_mode, threads, mac_basis, as_json, per_sample, profile, hardware=None):
     """Simulate a folded network event by event and report what the hardware did."""
     from .compiler import compile_network
     from .format import read_network
     from .reports import build_report, energy_model as get_energy_model, format_report, per_sample as sample_rows
 
     get_energy_model(energy_model)
+    chip = None
+    if hardware is not None:
+        from .hardware import load_profile
+        chip = load_profile(hardware)
     if per_sample and not as_json:
         raise click.UsageError("--per-sample goes with --json")
     if sum(v is not None for v in (input_path, dataset, events_path)) != 1:
@@ -151,6 +161,9 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
     if window_us is not None and events_path is None:
         raise click.UsageError("--window-us goes with --events")
     network = read_network(weights)
+    from .compiler import engine_dtype
+    dtype = engine_dtype(network, dtype, click.get_current_context().get_parameter_source("dtype")
+                         != click.core.ParameterSource.DEFAULT)
     y = None
     binning = None
     if events_path:
@@ -181,20 +194,33 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
             raise InputError(f"labels must be {len(x)} integers, one per sample; got shape {y.shape}, dtype {y.dtype}")
-    t0 = time.perf_counter()
-    result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty(), threads=threads,
-                              profile=profile)
+    traffic = None
+    if chip is not None:                  # map first: the traffic is counted batch by batch as the run goes
+        from .hardware.traffic import map_and_run
+        t0 = time.perf_counter()
+        result, traffic = map_and_run(net, x, chip, batch_size, threads=threads, profile=profile)
+    else:
+        t0 = time.perf_counter()
+        result = _progress_runner(net, x, batch_size, show=not as_json or sys.stderr.isatty(), threads=threads,
+                                  profile=profile)
     t_run = time.perf_counter() - t0
     report = build_report(net, result, energy_model, mac_basis)
 
     names = g.class_names or [str(i) for i in range(net.n_outputs)]
     k = min(top_k, net.n_outputs)
+    scores = result.outputs
+    if g.fixed_point is not None:         # integer sums over T, shown as the real logits they stand for
+        from .fixedpoint import real_outputs
+        scores = real_outputs(g, result.outputs)
     order = np.argsort(-result.outputs, axis=1, kind="stable")[:, :k]
-    preds = [[{"class": int(c), "name": names[c], "score": float(result.outputs[i, c])} for c in order[i]]
+    preds = [[{"class": int(c), "name": names[c], "score": float(scores[i, c])} for c in order[i]]
              for i in range(len(x))]
     doc = {"weights": str(weights), "samples": len(x), "dtype": dtype, "class_names": names,
            "predictions": [p[0]["class"] for p in preds], "top_k": preds,
-           "outputs": [[float(v) for v in row] for row in result.outputs]}
+           "outputs": [[float(v) for v in row] for row in scores]}
+    if g.fixed_point is not None:
+        doc["outputs_int"] = result.outputs.tolist()
+        doc["readout_unit"] = g.fixed_point.membrane_unit["readout"]
     if y is not None:
         doc["accuracy"] = float((result.predictions == y).mean())
         doc["correct"] = int((result.predictions == y).sum())
@@ -205,6 +231,8 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
                      "compiled_bytes": net.nbytes}
     if result.profile is not None:
         doc["profile"] = result.profile.to_dict()
+    if traffic is not None:
+        doc["hardware"] = traffic.to_dict()
     if as_json:
         if per_sample:
             doc["per_sample"] = sample_rows(net, result, mac_basis)
@@ -231,6 +259,35 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
         from .reports import format_profile
         click.echo("")
         click.echo(format_profile(result.profile))
+    if traffic is not None:
+        from .hardware.report import format_traffic
+        click.echo("")
+        click.echo(format_traffic(traffic))
+
+
+# ----------------------------------------------------------------------- map
+@main.command("map")
+@click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False), help="Folded network (HDF5).")
+@click.option("--hardware", required=True, metavar="NAME_OR_FILE",
+              help="Built-in profile (loihi, loihi2, truenorth, spinnaker2, dynapcnn) or a .toml profile file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (with every core and the profile).")
+@user_errors
+def map_(weights, hardware, as_json):
+    """Partition a network over a chip's cores and say whether it fits (docs/HARDWARE.md).
+
+    A network that does not fit is a result, not an error: the exit code is 0 either way."""
+    from .format import read_network
+    from .hardware import load_profile
+    from .hardware.mapping import map_network
+    from .hardware.report import format_mapping
+
+    chip = load_profile(hardware)
+    mapping = map_network(read_network(weights), chip)
+    if as_json:
+        click.echo(json.dumps({"weights": str(weights), **mapping.to_dict(), "profile_numbers": chip.to_dict()},
+                              indent=2))
+        return
+    click.echo(format_mapping(mapping))
 
 
 # ---------------------------------------------------------------------- info
@@ -240,10 +297,11 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
 @user_errors
 def info(weights, as_json):
     """Describe a folded network file: graph, shapes, parameters, provenance."""
-    from .format import FORMAT_VERSION, read_network
+    from .format import file_version, read_network
     from .neurons import neuron_model
 
     g = read_network(weights)
+    version = file_version(g)
     pops = [{"name": p.name, "shape": list(p.shape), "neurons": p.size, "model": p.model, "params": p.params}
             for p in g.populations]
     projs = []
@@ -258,17 +316,20 @@ def info(weights, as_json):
             d["scale"] = pr.scale
         d["bias"] = pr.bias is not None
         projs.append(d)
-    doc = {"file": str(weights), "format_version": FORMAT_VERSION, "timesteps": g.timesteps,
+    doc = {"file": str(weights), "format_version": version, "timesteps": g.timesteps,
            "input_shape": list(g.input_shape), "encoding": g.encoding, "readout": g.readout,
            "input_range": list(g.input_range) if g.input_range else None, "outputs": g.n_classes,
            "class_names": g.class_names, "neurons": sum(p.size for p in g.populations),
            "parameters": g.n_params, "populations": pops, "projections": projs, "provenance": g.provenance,
            "order": g.topological_order()}
+    if g.fixed_point is not None:
+        from .fixedpoint import summary
+        doc["fixed_point"] = summary(g)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
     from .reports import table
-    click.echo(f"{weights}: evsim network, format v{FORMAT_VERSION}")
+    click.echo(f"{weights}: evsim network, format v{version}" + (", fixed point" if g.fixed_point else ""))
     click.echo(f"  T={g.timesteps}, input {tuple(g.input_shape)} ({g.encoding} encoding"
                + (f", values in [{g.input_range[0]:g}, {g.input_range[1]:g}]" if g.input_range else "") + "), "
                f"readout {g.readout} over T, {g.n_classes} outputs")
@@ -293,11 +354,54 @@ def info(weights, as_json):
         rows.append([d["name"], d["kind"], f"{d['source']} -> {d['target']}",
                      "x".join(map(str, d.get("weight_shape", []))) or "-", detail, d["params"], d.get("nonzero", "-")])
     click.echo(table(rows, ["projection", "kind", "source -> target", "weight", "geometry", "params", "nonzero"]))
+    if g.fixed_point is not None:
+        from .fixedpoint import format_summary
+        click.echo("")
+        click.echo(format_summary(g))
     if g.provenance:
         click.echo("")
         click.echo("provenance:")
         for k, v in g.provenance.items():
             click.echo(f"  {k}: {v if not isinstance(v, (dict, list)) else json.dumps(v)}")
+
+
+# ------------------------------------------------------------------ quantize
+@main.command()
+@click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False),
+              help="Real-valued folded network (HDF5).")
+@click.option("--weight-bits", required=True, type=click.IntRange(2, 16),
+              help="Bits per weight level, sign included (2: ternary weights, one step per projection).")
+@click.option("--membrane-bits", type=click.IntRange(4, 32), default=16, show_default=True,
+              help="Width of a membrane; it saturates at this many signed bits.")
+@click.option("--frac-bits", type=click.IntRange(1, 24), default=12, show_default=True,
+              help="Fraction bits of tau and the CTSN/CUBA constants (numerators over 2**F).")
+@click.option("--input-bits", type=click.IntRange(2, 16), default=8, show_default=True,
+              help="Bits of a direct-encoded input, over the file's input_range.")
+@click.option("--scale-rule", type=click.Choice(["mse", "max"]), default="mse", show_default=True,
+              help="A projection's level scale: least squared error over clipping points, or max|W| (no clipping).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Fixed-point network to write (.h5).")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document.")
+@user_errors
+def quantize(weights, weight_bits, membrane_bits, frac_bits, input_bits, scale_rule, out, force, as_json):
+    """Make a folded network fixed point (integer weights, membranes and constants; docs/FIXED_POINT.md).
+
+    Post-training and deterministic; `evsim run` runs the result in int32 (or int16 where it fits) and
+    `evsim verify --weights OUT` checks the engine against the integer PyTorch reference.
+    """
+    from .files import check_writable_target
+    from .fixedpoint import format_summary, quantize as quantize_fn, summary
+    from .format import read_network, write_network
+    check_writable_target(out, force)
+    network = read_network(weights)
+    q = quantize_fn(network, weight_bits, membrane_bits=membrane_bits, frac_bits=frac_bits, input_bits=input_bits,
+                    scale_rule=scale_rule)
+    write_network(q, out, overwrite=force)
+    if as_json:
+        click.echo(json.dumps(dict(summary(q), out=str(out)), indent=2))
+        return
+    click.echo(f"wrote {out}: {weights} quantised ({scale_rule} scales)")
+    click.echo(format_summary(q))
 
 
 # ------------------------------------------------------------------ datasets
@@ -354,6 +458,9 @@ def nfashion_mnist(out, split, limit, seed, noise_hz, threshold, refractory_us, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init", type=click.Path(dir_okay=False),
               help="Start from this checkpoint's weights (fine-tuning, e.g. with --rate-reg); same architecture.")
+@click.option("--qat-bits", type=click.IntRange(2, 16),
+              help="Quantisation-aware: train the folded network as `evsim quantize --weight-bits N` makes it "
+                   "(evsim/bridge/qat.py; LIF neurons). Then export and quantise with the same N.")
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training images.")
 @click.option("--test-limit", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")
 @click.option("--threads", type=click.IntRange(min=1), help="PyTorch CPU threads.")
@@ -419,28 +526,45 @@ def export(network_file, checkpoint, to, dt, out, force):
 
 @main.command()
 @click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False))
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "-c", type=click.Path(dir_okay=False),
+              help="The trained model the file was folded from. Not for a fixed-point file (evsim quantize): that "
+                   "is checked against the integer PyTorch reference computed from the file itself.")
 @click.option("--input", "-i", "input_path", type=click.Path(dir_okay=False),
-              help="Samples (.npy). Required for evsim checkpoints; with --from, defaults to --samples random images.")
+              help="Samples (.npy). Required for evsim checkpoints; with --from, defaults to --samples random images; "
+                   "for a fixed-point file, to the first --samples Fashion-MNIST test images.")
 @click.option("--from", "source", type=click.Choice(["ternary-spike", "ctsn"]),
               help="CHECKPOINT is a state_dict of the papers' training code (see evsim import).")
 @click.option("--arch", help="With --from: the architecture (as given to evsim import).")
 @click.option("--samples", type=click.IntRange(min=1, max=10_000), default=8, show_default=True,
-              help="With --from and no --input: this many seeded standard-normal images.")
+              help="Without --input: this many seeded standard-normal images (--from) or Fashion-MNIST test "
+                   "images (a fixed-point file).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, as_json):
-    """Check that the engine reproduces the PyTorch model spike for spike (needs torch)."""
+    """Check that the engine reproduces the PyTorch model spike for spike (needs torch).
+
+    A fixed-point file needs no checkpoint: its reference is the integer PyTorch model of the file itself,
+    and every spike and every integer output must be identical."""
     need_torch()
     from .bridge.checkpoint import load_checkpoint
     from .bridge.verify import format_verification, verify as verify_fn
     from .format import read_network
+    if checkpoint is None:
+        network = read_network(weights)
+        if network.fixed_point is None:
+            raise click.UsageError("give --checkpoint: a real-valued file is verified against the model it was "
+                                   "folded from (only a fixed-point file is verified on its own)")
+        _verify_fixed(network, input_path, source, arch, samples, batch_size, as_json)
+        return
     if source is None and (arch is not None or input_path is None):
         raise click.UsageError("--arch goes with --from" if arch is not None else "give --input (samples as .npy)")
     if source is not None and arch is None:
         raise click.UsageError("--from needs --arch")
     network = read_network(weights)
+    if network.fixed_point is not None:
+        raise click.UsageError("a fixed-point file is verified against its own integer reference: leave out "
+                               "--checkpoint")
     if source is None:
         model, _ = load_checkpoint(checkpoint)
     else:
@@ -452,6 +576,26 @@ def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, a
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(format_verification(result))
+    if not result["passed"]:
+        sys.exit(1)
+
+
+def _verify_fixed(network, input_path, source, arch, samples, batch_size, as_json):
+    """evsim verify of a fixed-point file: the engine against the integer reference, on --input or on the
+    first Fashion-MNIST test images."""
+    from .bridge.verify import format_fixed_verification, verify_fixed
+    if source is not None or arch is not None:
+        raise click.UsageError("--from and --arch go with --checkpoint")
+    if input_path:
+        x = load_array(input_path)
+    elif network.encoding == "direct" and tuple(network.input_shape) == (1, 28, 28):
+        from .datasets import load_dataset
+        x = load_dataset("fashion-mnist", "test")[0][:samples]
+    else:
+        raise click.UsageError(f"give --input: this network's input {tuple(network.input_shape)} "
+                               f"({network.encoding}) is not Fashion-MNIST's")
+    result = verify_fixed(network, x, batch_size=batch_size)
+    click.echo(json.dumps(result, indent=2) if as_json else format_fixed_verification(result))
     if not result["passed"]:
         sys.exit(1)
 
@@ -565,7 +709,9 @@ def _dataset_options(fn):
         click.option("--chunk-size", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Samples per chunk (the unit of work, of progress and of resuming)."),
         click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples."),
-        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+                     help="For real-valued networks; a fixed-point one (a file from evsim quantize, or a weight_bits "
+                          "point of a sweep) runs in int32."),
         click.option("--conv-mode", type=click.Choice(["kernel", "explicit"]), default="kernel", show_default=True),
         click.option("--threads", type=click.IntRange(min=1),
                      help="Engine threads per process (default: all cores here; cores / N with --workers N)."),
@@ -617,28 +763,38 @@ def eval_(weights, data, labels, workers, scheduler, chunk_size, limit, dtype, c
 @main.command()
 @_dataset_options
 @click.option("--grid", "grid", multiple=True, required=True,
-              help="NAME=V1,V2,... (repeatable; every combination runs): timesteps, threshold_scale.")
+              help="NAME=V1,V2,... (repeatable; every combination runs): timesteps, threshold_scale, weight_bits "
+                   "(quantise each point from the same file, as evsim quantize; such points run in int32), "
+                   "membrane_bits (with weight_bits).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Table to write: OUT.csv and OUT.md (a .csv or .md suffix is dropped).")
-@click.option("--force", is_flag=True, help="Replace existing tables.")
+              help="Table to write: OUT.csv and OUT.md (a .csv or .md suffix is dropped). Finished points and "
+                   "chunks are kept in OUT.partial/ until then: running again with the same --out resumes.")
+@click.option("--force", is_flag=True, help="Replace existing tables (and discard partial results that do not fit).")
 @user_errors
 def sweep(weights, data, labels, workers, scheduler, chunk_size, limit, dtype, conv_mode, threads, energy_model,
           mac_basis, progress, grid, out, force):
     """Run every point of a parameter grid over a dataset and write one table (CSV and Markdown)."""
-    from .distributed import parse_grid, sweep as run_sweep, write_table
-    from .files import check_writable_target
+    from pathlib import Path
+
+    from .distributed import parse_grid, sweep as run_sweep, table_base
     from .reports import energy_model as get_energy_model
     get_energy_model(energy_model)
     g = parse_grid(grid)
-    base = out[:-4] if out.lower().endswith(".csv") else out[:-3] if out.lower().endswith(".md") else out
-    for p in (base + ".csv", base + ".md"):
-        check_writable_target(p, force, "table")
+    base = table_base(out)
+
+    def title(points):
+        arith = "int32 (fixed point)" if any("weight_bits" in p.params for p in points) else dtype
+        return f"evsim sweep: {weights} on {data} ({points[0].result.samples} samples, {arith}, {energy_model})\n"
+
     points = run_sweep(weights, data, g, labels, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
                        dtype=dtype, conv_mode=conv_mode, threads=threads, progress=progress, energy=energy_model,
-                       mac_basis=mac_basis, limit=limit)
-    title = f"evsim sweep: {weights} on {data} ({points[0].result.samples} samples, {dtype}, {energy_model})\n"
-    csv_path, md_path = write_table(points, base, force, title)
+                       mac_basis=mac_basis, limit=limit, out=base, force=force, title=title)
+    csv_path, md_path = Path(base + ".csv"), Path(base + ".md")
     click.echo(md_path.read_text().rstrip())
+    done = sum(p.result.chunks_resumed == p.result.chunks for p in points)
+    part = sum(0 < p.result.chunks_resumed < p.result.chunks for p in points)
+    if done or part:
+        click.echo(f"resumed from {base}.partial: {done} finished point(s), {part} point(s) part done")
     click.echo(f"wrote {csv_path} and {md_path}")
 
 

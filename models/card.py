@@ -113,6 +113,10 @@ def render(c: dict, d: Path) -> str:
         f"| {100 * c['accuracy_float64']:.2f} % |",
         f"| evsim engine, float32 (default dtype) | {100 * c['accuracy_float32']:.2f} % |",
         f"| PyTorch, at the end of training | {100 * c['accuracy_torch']:.2f} % |",
+        *(["", f"Trained quantisation-aware for {cfg['qat_bits']}-bit weights (`--qat-bits`): the PyTorch figure "
+           f"is the fake-quantised network's, i.e. what `evsim quantize --weight-bits {cfg['qat_bits']}` of "
+           f"`folded.h5` gives; the float rows run the unquantised fold of weights tuned for their quantised form."]
+          if cfg.get("qat_bits") else []),
         "",
         "## Verification",
         f"`evsim verify -w {d}/folded.h5 -c {d}/model.pt -i {d}/samples/batch{N_SAMPLES}.npy`: "

@@ -42,6 +42,8 @@ class TrainConfig:
                                      # without BatchNorm can otherwise diverge at lr 0.1)
     seed: int = 0
     init: str | None = None          # start from this checkpoint's weights (fine-tuning); same architecture
+    qat_bits: int | None = None      # quantisation-aware: train the folded network as `evsim quantize --weight-bits`
+                                     # makes it (evsim.bridge.qat); None = plain float training
     dataset: str = "fashion-mnist"
     train_limit: int | None = None   # use only the first N training images (tests, smoke runs)
     test_limit: int | None = None
@@ -111,6 +113,18 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
+    if cfg.qat_bits is not None:      # before loading anything: a bad setting is one line
+        from ..errors import EvsimError
+        from ..fixedpoint import WEIGHT_BITS
+        from .qat import QAT_NEURONS
+        if isinstance(cfg.qat_bits, bool) or not isinstance(cfg.qat_bits, int) or \
+                not WEIGHT_BITS[0] <= cfg.qat_bits <= WEIGHT_BITS[1]:
+            raise EvsimError(f"qat_bits must be an integer in [{WEIGHT_BITS[0]}, {WEIGHT_BITS[1]}], "
+                             f"got {cfg.qat_bits!r}")
+        if cfg.neuron not in QAT_NEURONS:
+            raise EvsimError(f"--qat-bits models the LIF neurons ({', '.join(QAT_NEURONS)}), not {cfg.neuron!r}")
+        if cfg.tmpr > 0:
+            raise EvsimError("--qat-bits does not model TMPR (it records the float membranes); use --tmpr 0")
     x_train, y_train = load_dataset(cfg.dataset, "train")
     x_test, y_test = load_dataset(cfg.dataset, "test")
     if cfg.train_limit:
@@ -127,6 +141,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             raise EvsimError(f"{cfg.init}: its architecture {start.config} differs from the one asked for {model.config}")
         model.load_state_dict(start.state_dict())
     model.to(device)
+    net = model            # what the loss sees: the model, or its folded, fake-quantised view (same parameters)
+    if cfg.qat_bits is not None:
+        from ..datasets import DATASET_INFO
+        from .qat import QATNet
+        net = QATNet(model, cfg.qat_bits, input_range=DATASET_INFO.get(cfg.dataset, {}).get("input_range"))
     neurons = [m for _, m in model.neurons()]
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -143,7 +162,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     history = []
     t0 = time.time()
     for epoch in range(cfg.epochs):
-        model.train()
+        net.train()
         order = rng.permutation(len(x_train))
         seen = correct = 0
         loss_sum = 0.0
@@ -159,7 +178,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                     xb[flip] = xb[flip].flip(-1)
                 xb = xb.to(device)
                 yb = torch.from_numpy(y_train[idx]).to(device)
-                logits = model(xb)
+                logits = net(xb)
                 loss = F.cross_entropy(logits, yb)
                 if cfg.tmpr > 0:
                     loss = loss + tmpr_loss([m.membranes for m in neurons], cfg.tmpr)
@@ -174,9 +193,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 seen += len(idx)
                 loss_sum += loss.item() * len(idx)
                 correct += (logits.argmax(1) == yb).sum().item()
-        acc, rate = evaluate(model, x_test, y_test, device=device, with_rate=True)
+        acc, rate = evaluate(net, x_test, y_test, device=device, with_rate=True)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                         "test_acc_torch": acc, "test_firing_rate": rate, "elapsed_s": round(time.time() - t0, 1)})
+        if net is not model:    # test_acc_torch is then the fixed-point network's; also the float model's
+            history[-1]["test_acc_float"] = evaluate(model, x_test, y_test, device=device)
+            history[-1]["elapsed_s"] = round(time.time() - t0, 1)
         click.echo(json.dumps(history[-1]), err=True)
         if out is not None:
             record = {"train_config": asdict(cfg), "history": history, "torch_version": str(torch.__version__)}
