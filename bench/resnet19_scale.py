@@ -60,33 +60,6 @@ def loadavg() -> str:
         return "n/a"
 
 
-def calibrate(net, x, seed=0):
-    """As tests/test_import_papers.py: every BatchNorm gets a random affine map and, as running statistics, the
-    statistics of its own input (so later layers see the calibrated earlier ones)."""
-    import torch
-    from torch import nn
-    g = torch.Generator().manual_seed(seed)
-
-    def hook(mod, args):
-        inp = args[0]
-        dims = [d for d in range(inp.ndim) if d != 1]
-        mod.running_mean.copy_(inp.mean(dims))
-        mod.running_var.copy_(inp.var(dims) + 1e-3)
-        mod.weight.data.copy_(torch.empty(mod.num_features).uniform_(0.25, 0.5, generator=g))
-        mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.15)
-        mod._calib.remove()
-
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-            m._calib = m.register_forward_pre_hook(hook)
-    for name, p in net.named_parameters():
-        if name.endswith(("alpha", "beta", "gamma")):
-            p.data.normal_(0.0, 1.0, generator=g)
-    net.eval()
-    with torch.no_grad():
-        net(x)
-
-
 def build_network(seed: int, tmp: Path):
     """Their resnet19, random init + calibrated BN, saved in their layout, imported through the command line."""
     import torch
@@ -97,7 +70,7 @@ def build_network(seed: int, tmp: Path):
     from evsim.format import read_network
     torch.manual_seed(seed)
     net = papers.build("ternary-spike", "resnet19", 4, 3, 10, (3, 32, 32))
-    calibrate(net, torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1)), seed)
+    papers.calibrate_random(net, torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1)), seed)
     ckpt, folded = tmp / "resnet19.pth", tmp / "resnet19.h5"
     torch.save(net.state_dict(), ckpt)
     t0 = time.perf_counter()
@@ -335,7 +308,7 @@ def markdown(doc, rates) -> str:
          f"`{doc['load_after']}` (a shared machine: the per-sample times carry the other jobs' load).", "",
          "The network: the Ternary Spike paper's `resnet19` (3x32x32, T=4, 10 classes; "
          f"{m['parameters'] / 1e6:.2f} M parameters) built by `evsim.bridge.papers.build` with random weights and "
-         "random BatchNorm statistics calibrated on its own activity (as tests/test_import_papers.py), saved as a "
+         "random BatchNorm statistics calibrated on its own activity (`evsim.bridge.papers.calibrate_random`, as tests/test_import_papers.py), saved as a "
          "state dict in their key layout and imported with `evsim import --from ternary-spike --arch resnet19 -T 4`. "
          "Inputs: standard-normal images (CIFAR after its mean/std normalisation is about that). Random weights: "
          "firing rates, and so the cost per sample, are this calibration's, not a trained model's.", "",

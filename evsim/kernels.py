@@ -175,24 +175,15 @@ def queue_frame(frame, n_neurons, n_channels, channel_major, ev_idx, ev_sign):
     return cnt, pos, cnt - pos
 
 
-@njit(**_SERIAL)
-def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
-    """:func:`fire` in integer arithmetic, for a fixed-point network (docs/FIXED_POINT.md).
+@njit(**_SERIAL, inline="always")
+def _leak(tmul, tshift, x):
+    """``(tau * x) >> f`` as ``(tmul * x) >> tshift``: with tau = 2**-n the caller passes tmul = 1, tshift = n."""
+    return (tmul * x) >> tshift
 
-    ``prm``: the model's integer constants [tau, v_threshold, k_alpha (k_syn), k_beta, k_gamma], the
-    multipliers as numerators over ``2**shift``. Each membrane first saturates to [lo, hi] (M bits);
-    every product is int64 and ``>>`` an arithmetic shift (floor), as on a chip. The state arrays
-    (int16 or int32) only ever receive values the quantiser proved fit them.
-    """
+
+@njit(**_SERIAL, inline="always")
+def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive, frame):
     n_neurons = v.shape[0]
-    tau = np.int64(prm[0])
-    th = np.int64(prm[1])
-    ka = np.int64(prm[2])
-    kb = np.int64(prm[3])
-    kg = np.int64(prm[4])
-    f = np.int64(shift)
-    lo = np.int64(lo)
-    hi = np.int64(hi)
     zero = np.int64(0)
     if model == LIF_BINARY or model == LIF_BINARY_SUB or model == CUBA_LIF or model == CUBA_LIF_SUB:
         sub = model == LIF_BINARY_SUB or model == CUBA_LIF_SUB
@@ -202,9 +193,9 @@ def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channe
             p = u >= th
             frame[i] = p
             if sub:
-                m = ((tau * u) >> f) - (th if p else zero)
+                m = _leak(tmul, tshift, u) - (th if p else zero)
             else:
-                m = (tau * (zero if p else u)) >> f
+                m = _leak(tmul, tshift, zero if p else u)
             if cuba:
                 cur = u - np.int64(h[i])
                 h[i] = m
@@ -217,7 +208,7 @@ def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channe
             p = u >= th
             q = u <= -th
             frame[i] = np.int8(p) - np.int8(q)
-            m = (tau * (zero if (p or q) else u)) >> f
+            m = _leak(tmul, tshift, zero if (p or q) else u)
             hp = np.int64(h[i])
             if static:
                 hn = (ka * max(hp, zero) + kb * min(hp, zero) + kg * m) >> f
@@ -232,8 +223,40 @@ def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channe
             p = u >= th
             q = u <= -th
             frame[i] = np.int8(p) - np.int8(q)
-            v[i] = ((tau * (zero if (p or q) else u)) >> f) + np.int64(drive[i])
-    return queue_frame(frame, n_neurons, n_channels, channel_major, ev_idx, ev_sign)
+            v[i] = _leak(tmul, tshift, zero if (p or q) else u) + np.int64(drive[i])
+
+
+@njit(**_SERIAL)
+def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+    """:func:`fire` in integer arithmetic, for a fixed-point network (docs/FIXED_POINT.md).
+
+    ``prm``: the model's integer constants [tau, v_threshold, k_alpha (k_syn), k_beta, k_gamma], the
+    multipliers as numerators over ``2**shift``. Each membrane first saturates to [lo, hi] (M bits);
+    every product is int64 and ``>>`` an arithmetic shift (floor), as on a chip. A leak tau = 2**-n
+    (the Ternary Spike models' 0.25) is ``u >> n``, a shift with no multiply, as on a chip:
+    ``(2**(f-n) * u) >> f`` equals it for every integer u. The state arrays (int16 or int32) only ever
+    receive values the quantiser proved fit them.
+    """
+    tau = np.int64(prm[0])
+    th = np.int64(prm[1])
+    ka = np.int64(prm[2])
+    kb = np.int64(prm[3])
+    kg = np.int64(prm[4])
+    f = np.int64(shift)
+    lo = np.int64(lo)
+    hi = np.int64(hi)
+    n = np.int64(-1)              # tau = 2**(f - n): the leak is a right shift by n
+    if tau > 0 and (tau & (tau - 1)) == 0:
+        k = np.int64(0)
+        while (np.int64(1) << k) < tau:
+            k += 1
+        if k <= f:
+            n = f - k
+    if n >= 0:
+        _fire_fixed_loop(model, np.int64(1), n, th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
+    else:
+        _fire_fixed_loop(model, tau, f, th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
+    return queue_frame(frame, v.shape[0], n_channels, channel_major, ev_idx, ev_sign)
 
 
 def fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):

@@ -245,6 +245,34 @@ def model_for_network(path, source, arch, network):
                                  tuple(network.input_shape), form)
 
 
+def calibrate_random(net, x, seed: int = 0) -> None:
+    """Make a randomly initialised paper network fire at realistic rates (tests, benchmarks): every BatchNorm
+    gets a random affine map and, as running statistics, the statistics of its own input on ``x`` (set by a
+    pre-hook on its first call, so later layers see the calibrated earlier ones); CTSN's alpha, beta, gamma
+    are drawn from N(0, 1). The network is left in eval mode."""
+    from torch import nn
+    g = torch.Generator().manual_seed(seed)
+
+    def hook(mod, args):
+        inp = args[0]
+        dims = [d for d in range(inp.ndim) if d != 1]
+        mod.running_mean.copy_(inp.mean(dims))
+        mod.running_var.copy_(inp.var(dims) + 1e-3)
+        mod.weight.data.copy_(torch.empty(mod.num_features).uniform_(0.25, 0.5, generator=g))
+        mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.15)
+        mod._calib.remove()
+
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            m._calib = m.register_forward_pre_hook(hook)
+    for name, p in net.named_parameters():
+        if name.endswith(("alpha", "beta", "gamma")):
+            p.data.normal_(0.0, 1.0, generator=g)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+
+
 def sample_inputs(input_shape, n: int = 8, seed: int = 0):
     """``n`` seeded standard-normal images: the scale of the mean/std-normalised images their code trains on."""
     import numpy as np

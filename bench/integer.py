@@ -1,0 +1,149 @@
+"""The integer engine against float32, side by side in one run: samples/s of the shipped models.
+
+    python bench/integer.py [--rounds 3] [--reps 7] [--batch 64] [--threads 1 2] [--out bench/INTEGER.json]
+
+For each shipped model (``models/*/folded.h5``) and thread count, in interleaved rounds:
+
+* ``float32``: the folded network as shipped;
+* ``int32``: ``evsim quantize --weight-bits 8`` (16-bit membranes): int32 weights and accumulators;
+* ``int16``: ``--weight-bits 8 --membrane-bits 12``, whose accumulators fit 16 bits (32 lanes per
+  AVX-512 vector instead of 16); where a model's accumulators do not fit, the row says so.
+
+All three are the same engine and driver (only the arithmetic differs), so they run in one process,
+compiled before any timing; each measurement is the median of ``--reps`` runs of one batch of real
+test images (the first ``--batch`` of Fashion-MNIST's test split), each round measures every
+configuration in turn, and the report gives the median over rounds and the ratio to float32 of the
+same round. The quantised networks fire slightly differently from the float one (their rates and
+synaptic operations are recorded beside the speed), so the ratio is of whole runs, not of kernels.
+Writes a JSON file and prints a Markdown table (bench/INTEGER.md holds the last committed run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import machine_info  # noqa: E402
+
+from evsim import compile_network, read_network, simulate  # noqa: E402
+from evsim.datasets import load_fashion_mnist  # noqa: E402
+from evsim.errors import EvsimError  # noqa: E402
+from evsim.fixedpoint import quantize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ["fmnist-resnet8-ternary", "fmnist-resnet8-ternary-e4", "fmnist-resnet8-ternary-sparse"]
+CONFIGS = {"float32": None, "int32": dict(weight_bits=8, membrane_bits=16),
+           "int16": dict(weight_bits=8, membrane_bits=12)}
+
+
+def build(model: str) -> dict:
+    """The compiled networks of one model, or the reason one cannot be built."""
+    net = read_network(ROOT / "models" / model / "folded.h5")
+    out = {}
+    for name, q in CONFIGS.items():
+        try:
+            g = net if q is None else quantize(net, **q)
+            out[name] = compile_network(g, dtype=name)
+        except EvsimError as e:
+            out[name] = str(e)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    if min(a.rounds, a.reps, a.batch) < 1 or min(a.threads) < 1:
+        ap.error("--rounds, --reps, --batch and --threads must be at least 1")
+    x = load_fashion_mnist("test")[0][:a.batch]
+    nets = {m: build(m) for m in MODELS}
+    activity = {}
+    for m, cs in nets.items():          # compile and warm every configuration before any timing
+        for name, c in cs.items():
+            if isinstance(c, str):
+                continue
+            r = simulate(c, x)
+            c_ = r.counters
+            activity[f"{m}/{name}"] = {
+                "synaptic_ops": int(sum(v.sum() for v in c_.synaptic_ops.values())) / len(x),
+                "spikes": int(sum(v.sum() for v in c_.spikes_pos.values()) + sum(v.sum() for v in c_.spikes_neg.values()))
+                / len(x)}
+    rows: dict[str, list] = {}
+    for _ in range(a.rounds):
+        for th in a.threads:
+            for m, cs in nets.items():
+                for name, c in cs.items():
+                    if isinstance(c, str):
+                        continue
+                    ts = []
+                    for _ in range(a.reps):
+                        t0 = time.perf_counter()
+                        simulate(c, x, threads=th)
+                        ts.append(time.perf_counter() - t0)
+                    rows.setdefault(f"{m}/{th}/{name}", []).append(len(x) / float(np.median(ts)))
+    results = []
+    for m, cs in nets.items():
+        for th in a.threads:
+            base = rows[f"{m}/{th}/float32"]
+            for name, c in cs.items():
+                if isinstance(c, str):
+                    results.append({"model": m, "threads": th, "arithmetic": name, "refused": c})
+                    continue
+                r = rows[f"{m}/{th}/{name}"]
+                results.append({"model": m, "threads": th, "arithmetic": name,
+                                "samples_per_s": float(np.median(r)), "per_round": r,
+                                "ratio_to_float32": float(np.median([v / b for v, b in zip(r, base)])),
+                                **activity[f"{m}/{name}"]})
+    # where the time goes (the first model, 1 thread): the driver's own profile, summed by kind of step
+    parts = {}
+    for name, c in nets[MODELS[0]].items():
+        if isinstance(c, str):
+            continue
+        runs = []
+        for _ in range(a.reps):
+            tot: dict[str, float] = {}
+            prof = simulate(c, x, profile=True, threads=1).profile
+            for _, what, t in prof.parts:
+                key = what.split(" (")[0] if what.startswith(("dense", "biases")) else what.split()[0]
+                tot[key] = tot.get(key, 0.0) + t
+            tot["total"] = prof.total_s
+            runs.append(tot)
+        parts[name] = {k: float(np.median([r[k] for r in runs])) * 1e3 / len(x) for k in runs[0]}
+    doc = {"machine": machine_info(), "batch": a.batch, "reps": a.reps, "rounds": a.rounds,
+           "configs": {k: v for k, v in CONFIGS.items()}, "results": results, "profile_ms_per_sample": parts}
+    if a.out:
+        a.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"CPU: {doc['machine']['cpu_model']} ({doc['machine']['microarchitecture']}), {doc['machine']['simd']}")
+    print(f"batch {a.batch} real test images, median of {a.reps} runs per round, {a.rounds} interleaved rounds\n")
+    print("| model | threads | arithmetic | samples/s | ratio to float32 (median of rounds) | AC per sample |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        if "refused" in r:
+            print(f"| {r['model']} | {r['threads']} | {r['arithmetic']} | - | refused: {r['refused']} | - |")
+        else:
+            print(f"| {r['model']} | {r['threads']} | {r['arithmetic']} | {r['samples_per_s']:.0f} | "
+                  f"{r['ratio_to_float32']:.2f}x | {r['synaptic_ops'] / 1e6:.2f} M |")
+    kinds = list(next(iter(parts.values())))
+    print(f"\nwhere the time goes, {MODELS[0]}, 1 thread (`simulate(..., profile=True)`), ms per sample:\n")
+    print("| arithmetic | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for name, p in parts.items():
+        print(f"| {name} | " + " | ".join(f"{p.get(k, 0.0):.3f}" for k in kinds) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
