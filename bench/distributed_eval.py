@@ -89,6 +89,9 @@ def main(argv=None):
 
     network = read_network(a.model)
     load_before = loadavg()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from timing import busy_cpu_processes
+    busy_before = busy_cpu_processes()
     rows, results = [], []
     with open_data("fashion-mnist") as src:
         for label, workers, chunk in (("in-process", None, a.chunk_size), ("1 worker", 1, a.chunk_size),
@@ -134,8 +137,10 @@ def main(argv=None):
            "",
            "Start-up (a LocalCluster of worker processes, each importing evsim and Numba's cached kernels, and the "
            "network compiled once per worker in a warm-up run) is excluded from the wall times.",
-           "**Taken on a shared 2-core machine with other jobs running (see the load averages): these figures are "
-           "indicative only and must be retaken on a quiet machine.**", ""] + resnet19_line()
+           ("No other process was using the CPU when the runs started (the load average carries the jobs just "
+            "before, if any)." if not busy_before else
+            f"**Other processes were using the CPU when the runs started ({'; '.join(busy_before)}): these "
+            f"figures are indicative only and must be retaken on a quiet machine.**"), ""] + resnet19_line()
     out.write_text("\n".join(md))
     print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
 
