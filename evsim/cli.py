@@ -122,7 +122,8 @@ def main():
                    "(the default there) or int16.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--energy-model", default="45nm-fp32", show_default=True, help="Energy per operation (see README).")
+@click.option("--energy-model", default="45nm-fp32", show_default=True,
+              help="Energy per operation (see README); a fixed-point file defaults to 45nm-int32.")
 @click.option("--conv-mode", type=click.Choice(["kernel", "explicit"]), default="kernel", show_default=True,
               help="Weight-shared conv kernels (whole kernel rows, or taps for mostly empty kernels), "
                    "or an explicit per-neuron CSR (memory-guarded).")
@@ -162,8 +163,10 @@ def run(weights, input_path, dataset, events_path, window_us, labels, limit, dty
         raise click.UsageError("--window-us goes with --events")
     network = read_network(weights)
     from .compiler import engine_dtype
-    dtype = engine_dtype(network, dtype, click.get_current_context().get_parameter_source("dtype")
-                         != click.core.ParameterSource.DEFAULT)
+    ctx = click.get_current_context()
+    dtype = engine_dtype(network, dtype, ctx.get_parameter_source("dtype") != click.core.ParameterSource.DEFAULT)
+    if network.fixed_point is not None and ctx.get_parameter_source("energy_model") == click.core.ParameterSource.DEFAULT:
+        energy_model = "45nm-int32"          # the arithmetic that runs: integer adds
     y = None
     binning = None
     if events_path:

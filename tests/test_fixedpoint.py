@@ -368,6 +368,10 @@ def test_cli_run_and_verify_a_quantised_shipped_model(shipped_q8):
     text = invoke("run", "-w", out, "-i", SHIPPED / "samples" / "sample0.npy").stdout
     best = doc["top_k"][0][0]
     assert text.startswith(f"prediction: {best['name']} ({best['score']:.3f})")
+    # integer adds are what runs: the energy model follows unless one is asked for
+    assert doc["energy"]["model"] == "45nm-int32" and "energy [45nm-int32]" in text
+    r = invoke("run", "-w", out, "-i", x, "--json", "--energy-model", "45nm-fp32")
+    assert json.loads(r.stdout)["energy"]["model"] == "45nm-fp32"
 
     r = invoke("verify", "-w", out, "-i", x)
     assert r.exit_code == 0, r.output
