@@ -466,7 +466,13 @@ def case_kernels(cfg: dict) -> dict:
     dense_macs = int((cy[:, None] * cx[None, :]).sum()) * 128 * 128    # taps inside the map only
     torch_gmacs = dense_macs / st["median"] / 1e9
     head = next((r for r in rows if r["c_out"] == 128), rows[-1])
+    from timing import add_roofline
+    roof = add_roofline()
+    if roof["gadds_per_s"]:
+        log(f"case 3: add roofline {roof['gadds_per_s']:.1f} G/s ({roof['basis']}): 128->128 at "
+            f"{head['gadds_per_s'] / roof['gadds_per_s'] * 100:.0f} %")
     return {"rows": rows, "per_run_fit_ns": {"c0_ns_per_run": float(c0), "c1_ns_per_add": float(c1)},
+            "roofline": roof,
             "densities": dens, "shapes": shapes,
             "two_threads": two, "torch_dense_conv": {"seconds": st, "gmacs_per_s": torch_gmacs, "dense_macs": dense_macs},
             "break_even_density": head["gadds_per_s"] / torch_gmacs}

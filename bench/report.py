@@ -100,6 +100,10 @@ def evaluate_targets(R: dict) -> list[dict]:
                 f"{r['gadds_per_s']:.2f}" for r in c["rows"] if r["c_out"] != 128) + "; " + ", ".join(
                 f"{r['c_in']}->{r['c_out']} {r['map']}x{r['map']}: {r['gadds_per_s']:.2f}" for r in c.get("shapes", []))
                 + ")")
+            roof = c.get("roofline") or {}
+            if roof.get("gadds_per_s"):
+                t["measured"] += (f"; {100 * head['gadds_per_s'] / roof['gadds_per_s']:.0f} % of the core's add roofline "
+                                  f"{roof['gadds_per_s']:.1f} G/s ({roof['basis']})")
             t["status"] = head["gadds_per_s"] >= TARGET_GADDS
             f = c["per_run_fit_ns"]
             if not t["status"]:

@@ -305,7 +305,7 @@ def markdown(doc, rates) -> str:
     c = A["cores_per_node"]
     L = ["## ResNet-19 on 50 000 images: 1, 8, 64 nodes (estimate)", "",
          f"`{doc['command']}` on {doc['date']}; {doc['machine']}. Load average before `{doc['load_before']}`, after "
-         f"`{doc['load_after']}` (a shared machine: the per-sample times carry the other jobs' load).", "",
+         f"`{doc['load_after']}` (on a shared machine the per-sample times carry the other jobs' load).", "",
          "The network: the Ternary Spike paper's `resnet19` (3x32x32, T=4, 10 classes; "
          f"{m['parameters'] / 1e6:.2f} M parameters) built by `evsim.bridge.papers.build` with random weights and "
          "random BatchNorm statistics calibrated on its own activity (`evsim.bridge.papers.calibrate_random`, as tests/test_import_papers.py), saved as a "
@@ -315,7 +315,7 @@ def markdown(doc, rates) -> str:
          "**Measured here**", "",
          "| quantity | value |", "|---|---|",
          f"| per-sample wall time, in-process, 1 engine thread (median of {m['batches_timed_per_thread_count']} "
-         f"batches of {m['batch']} after a warm-up; IQR; under the load above: a quiet machine is faster) | "
+         f"batches of {m['batch']} after a warm-up; IQR) | "
          f"**{ms(m['per_sample_1thr_s'])}** ({ms(m['per_sample_1thr_iqr_s'][0])}-{ms(m['per_sample_1thr_iqr_s'][1])}) |",
          f"| per-sample wall time, 2 engine threads | **{ms(m['per_sample_2thr_s'])}** "
          f"({ms(m['per_sample_2thr_iqr_s'][0])}-{ms(m['per_sample_2thr_iqr_s'][1])}); 1 -> 2 threads "
@@ -346,9 +346,10 @@ def markdown(doc, rates) -> str:
           f"- a node = {c} cores like this machine's, one Dask worker process per node running the engine on all "
           f"{c} threads at an efficiency of {A['core_efficiency']:.2f}: per-sample time on a node = 1-thread time / "
           f"({c} x {A['core_efficiency']:.2f}) = **{ms(doc['estimate'][0]['per_sample_node_s'])}** "
-          "(0.94 is the 1 -> 2 thread speed-up of ResNet-19, 1.88x, measured on a quiet machine: bench/RESULTS.md, "
-          "table 1; the 2-thread time measured here, under other jobs' load, is slower than 1 thread and is used "
-          "only for the pessimistic line below the table); nodes share nothing but the scheduler and the client, "
+          "(0.94 is the 1 -> 2 thread speed-up of the benchmark's ResNet-19 at a large batch, 1.88x, measured on a "
+          "quiet machine: bench/RESULTS.md; the 2-thread time measured here, at batches of "
+          f"{m['batch']}, gives {m['per_sample_1thr_s'] / m['per_sample_2thr_s']:.2f}x and is used for the pessimistic "
+          "line below the table); nodes share nothing but the scheduler and the client, "
           "samples are independent (no communication between nodes);",
           f"- network bandwidth {A['bandwidth_bytes_s'] / 1e6:.0f} MB/s (1 Gbit/s Ethernet) into and out of the "
           "client/scheduler host, which reads every chunk (one reader) and from which the network reaches every "
@@ -376,7 +377,7 @@ def markdown(doc, rates) -> str:
     r64, r64b = doc["estimate"][-1], doc["estimate_chunk_256"][-1]
     pess = doc.get("estimate_as_measured_2_threads")
     if pess:
-        L += ["", "Pessimistic: nodes as slow as this loaded machine at 2 threads (" +
+        L += ["", "Pessimistic: nodes as slow as this machine was at 2 threads and small batches (" +
               ms(m["per_sample_2thr_s"]) + " per image): " +
               ", ".join(f"{r['nodes']} node{'s' if r['nodes'] > 1 else ''} {hms(r['total_s'])}" for r in pess) + "."]
     L += ["",

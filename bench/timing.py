@@ -237,6 +237,53 @@ def machine_info() -> dict:
     return info
 
 
+# microarchitecture -> (512-bit vector float adds per cycle, 512-bit loads per cycle) of one core, for the
+# synaptic run's loop (one weight load and one add per 16 float32 additions, accumulators in registers).
+# Zen 4 executes 512-bit operations on its two 256-bit FADD pipes and two 256-bit load ports: one 512-bit
+# add and one 512-bit load per cycle (AMD's Software Optimization Guide for Family 19h processors). Intel
+# server cores with two 512-bit FMA units (Skylake-SP and later): two of each (Intel's Optimization
+# Reference Manual). Other cores: no roofline is claimed.
+ADD_PORTS = {"Zen 4": (1.0, 1.0), "Skylake-SP / Cascade Lake": (2.0, 2.0), "Ice Lake-SP": (2.0, 2.0),
+             "Sapphire Rapids": (2.0, 2.0), "Emerald Rapids": (2.0, 2.0), "Granite Rapids": (2.0, 2.0)}
+
+
+def measured_ghz(n: int = 20_000_000, reps: int = 5) -> float:
+    """The core's clock while it runs, from a chain of dependent integer operations (shift, xor, add: three
+    cycles an iteration on every x86 core of the last decade); the clock /proc/cpuinfo gives in a VM is the
+    nominal one, not what runs."""
+    from numba import njit
+
+    @njit(cache=False)
+    def chain(n, x):
+        for _ in range(n):
+            x = (x ^ (x >> np.uint64(1))) + np.uint64(0x9E3779B97F4A7C15)
+        return x
+
+    chain(10, np.uint64(1))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        chain(n, np.uint64(1))
+        best = min(best, time.perf_counter() - t0)
+    return 3.0 * n / best / 1e9
+
+
+def add_roofline(dtype_bytes: int = 4) -> dict:
+    """The synaptic runs' ceiling on one core: min(vector adds, vector loads) per cycle x lanes x the measured
+    clock, G additions/s; None where the microarchitecture is not in ADD_PORTS."""
+    uarch = microarchitecture(cpu_ids()).split(",")[0]
+    ports = ADD_PORTS.get(uarch)
+    ghz = measured_ghz()
+    if ports is None or "avx512f" not in cpu_flags():
+        return {"uarch": uarch, "ghz_measured": ghz, "gadds_per_s": None,
+                "basis": "no port model for this core (bench/timing.py ADD_PORTS)"}
+    lanes = 64 // dtype_bytes
+    per_cycle = min(ports) * lanes
+    return {"uarch": uarch, "ghz_measured": ghz, "adds_per_cycle": per_cycle, "gadds_per_s": per_cycle * ghz,
+            "basis": f"{uarch}: {ports[0]:g} 512-bit adds and {ports[1]:g} 512-bit loads per cycle, {lanes} lanes, "
+                     f"{ghz:.2f} GHz measured"}
+
+
 def busy_cpu_processes(threshold: float = 20.0, own_pid: int | None = None) -> list[str]:
     """Other processes using CPU right now (from /proc, over a 0.5 s window): a noisy-machine warning."""
     own = {own_pid or os.getpid()}
