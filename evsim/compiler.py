@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NetworkError
-from .fixedpoint import membrane_range
+from .fixedpoint import INT16_BITS, leak, membrane_range
 from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
 from .layout import cl_permutation
 from .limits import Limits
@@ -36,7 +36,6 @@ from .projections.csr import DEFAULT_EXPLICIT_LIMIT_MB
 from .tuning import CHANNEL_MAJOR_WEIGHT_BYTES
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "int16": np.int16, "int32": np.int32}
-FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int16", "int32")     # fixed-point networks only (evsim.fixedpoint)
 CONV_MODES = ("kernel", "explicit")
 
@@ -115,7 +114,8 @@ class CompiledPopulation:
     params: np.ndarray      # [tau, v_threshold, k_alpha, k_beta, k_gamma]
     bias: np.ndarray        # (P * C,) sum of the folded biases of all incoming projections
     channel_major: bool = False   # emit events channel by channel (feeds a conv with large weights)
-    fixed: tuple[int, int, int] = (0, 0, 0)   # fixed point: (shift, membrane min, membrane max); floats: unused
+    # fixed point: (shift, membrane min, membrane max, leak mult, leak shift: fixedpoint.leak); floats: unused
+    fixed: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
     @property
     def size(self) -> int:
@@ -263,11 +263,8 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
     if dtype not in DTYPES:
         raise NetworkError(f"unknown dtype {dtype!r} (use float32 or float64; int32 or int16 for a fixed-point network)")
     fx = network.fixed_point
-    if fx is None and dtype in INT_DTYPES:
-        raise NetworkError(f"{dtype} runs fixed-point networks only; make one with `evsim quantize`")
-    if fx is not None and dtype in FLOAT_DTYPES:
-        raise NetworkError(f"a fixed-point network runs in integer arithmetic: dtype int32 or int16, not {dtype}")
-    if fx is not None and dtype == "int16" and fx.accumulator_bits > 16:
+    engine_dtype(network, dtype)           # a float with a fixed-point network, or an int with a real one: one line
+    if fx is not None and dtype == "int16" and fx.accumulator_bits > INT16_BITS:
         raise NetworkError(f"this fixed-point network's accumulators can need {fx.accumulator_bits} bits: "
                            f"int16 cannot hold them, use int32")
     if conv_mode not in CONV_MODES:
@@ -288,7 +285,8 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
                                         np.asarray(p.neuron.vector(p.params), dtype=np.int64 if fx else dt),
                                         np.zeros(c * npos, dtype=dt)))
         if fx is not None:
-            cpops[-1].fixed = (fx.frac_bits, *membrane_range(fx.membrane_bits))
+            cpops[-1].fixed = (fx.frac_bits, *membrane_range(fx.membrane_bits),
+                               *leak(p.params["tau"], fx.frac_bits))
     n_out = network.n_classes
     readout_bias = np.zeros(n_out, dtype=np.int64 if fx else np.float64)
     cprojs: list[CompiledProjection] = []

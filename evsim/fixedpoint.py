@@ -77,6 +77,11 @@ class FixedPoint:
         """The largest weight level, 2**(B-1) - 1."""
         return (1 << (self.weight_bits - 1)) - 1
 
+    @property
+    def input_max(self) -> int:
+        """The largest |input level| of a direct-encoded input."""
+        return max(abs(self.input_levels[0]), abs(self.input_levels[1]))
+
     def quantise_input(self, x: np.ndarray) -> np.ndarray:
         """A direct-encoded batch as integer levels (int64): round half to even, clamped."""
         lo, hi = self.input_levels
@@ -154,7 +159,6 @@ def check(network: Network) -> None:
         if unknown:
             raise NetworkError(f"fixed_point {what} names {unknown[0]!r}, which is not a projection")
     direct = network.encoding == "direct"
-    x_max = max(abs(fx.input_levels[0]), abs(fx.input_levels[1]))
     for pr in network.projections:
         where = f"fixed-point projection {pr.name!r}"
         from_input = direct and pr.source == INPUT
@@ -176,7 +180,7 @@ def check(network: Network) -> None:
                                f"+-{fx.levels} ({fx.weight_bits} bits)")
         if from_input:      # acc * mult is an int64 product (engine and reference): it must not wrap
             mult, shift = fx.rescale[pr.name]
-            if shift > 62 or _fan_in_bound(pr) * x_max * mult >= 2.0 ** RESCALE_BITS:
+            if shift > 62 or direct_level_bound(network, pr) * mult >= 2.0 ** RESCALE_BITS:
                 raise NetworkError(f"{where}: rescale ({mult}, {shift}) can overflow 64 bits (|acc * mult| must "
                                    f"stay below 2**{RESCALE_BITS}, shift at most 62)")
     for p in network.populations:
@@ -203,20 +207,21 @@ def check(network: Network) -> None:
         raise NetworkError(f"fixed_point accumulator_bits is {fx.accumulator_bits} but the network needs {need}")
 
 
-def _fan_in_bound(pr) -> float:
-    """The largest sum of |weight| that one target neuron can receive through ``pr`` in one step."""
-    if pr.kind == "identity":
-        return abs(pr.scale)
-    w = np.abs(pr.weight)
+def fan_in(weight) -> float:
+    """The largest sum of |weight| over one target neuron's synapses (axis 0: the targets), 0 if empty."""
+    w = np.abs(np.asarray(weight))
     return float(w.reshape(w.shape[0], -1).sum(axis=1).max()) if w.size else 0.0
+
+
+def fan_in_bound(pr) -> float:
+    """The largest sum of |weight| that one target neuron can receive through ``pr`` in one step."""
+    return abs(pr.scale) if pr.kind == "identity" else fan_in(pr.weight)
 
 
 def direct_level_bound(network: Network, pr) -> float:
     """The largest |sum of input level x weight level| a direct-input projection gives one neuron (before
     its rescale): what its accumulator must hold."""
-    fx = network.fixed_point
-    x_max = max(abs(fx.input_levels[0]), abs(fx.input_levels[1]))
-    return _fan_in_bound(pr) * x_max
+    return fan_in_bound(pr) * network.fixed_point.input_max
 
 
 def direct_bound(network: Network, pr) -> float:
@@ -230,7 +235,7 @@ def readout_event_bound(network: Network) -> float:
     ones and biases are added outside the driver, in int64)."""
     fx = network.fixed_point
     direct = network.encoding == "direct"
-    per_step = sum(_fan_in_bound(pr) for pr in network.incoming(READOUT)
+    per_step = sum(fan_in_bound(pr) for pr in network.incoming(READOUT)
                    if not (direct and pr.source == INPUT and pr.name in fx.rescale))
     return network.timesteps * per_step
 
@@ -249,7 +254,7 @@ def accumulator_bits(network: Network) -> int:
             if pr.name in fx.rescale:
                 bound += direct_bound(network, pr)
             else:
-                bound += _fan_in_bound(pr)
+                bound += fan_in_bound(pr)
             if pr.bias is not None and pr.bias.size:
                 bound += float(np.abs(pr.bias).max())
         worst = max(worst, bound)
@@ -288,6 +293,50 @@ def weight_scale(w: np.ndarray, weight_bits: int, rule: str = "mse") -> float:
     return best
 
 
+def membrane_unit(scales, v_threshold: float, membrane_bits: int, headroom_bits: int = HEADROOM_BITS) -> float:
+    """A population's membrane unit: ``max(min s over its incoming event projections (s > 0),
+    v_threshold / 2**(M-1-headroom))``: as fine as its finest weights, never so fine that the M-bit
+    membrane saturates below ``2**headroom`` thresholds."""
+    floor = v_threshold / 2.0 ** (membrane_bits - 1 - headroom_bits)
+    scales = [s for s in scales if s > 0]
+    return max(min(scales), floor) if scales else floor
+
+
+def readout_unit(scales) -> float:
+    """The readout's unit: its finest projection's scale (its int64 sum needs no headroom), 1 if none."""
+    scales = [s for s in scales if s > 0]
+    return min(scales) if scales else 1.0
+
+
+def step_of(scale: float, unit: float) -> int:
+    """Target units one weight level is worth: ``max(1, round(s / q))`` (1 for an all-zero weight)."""
+    return max(1, int(round_half_even(scale / unit))) if scale > 0 else 1
+
+
+def input_quantisation(input_range, input_bits: int) -> tuple[float, tuple[int, int]]:
+    """The unit and the (lo, hi) levels of a direct-encoded input over ``input_range`` ((-1, 1) if None):
+    unsigned levels 0 .. 2**I - 1 for a range from 0 up (no zero point: 0 stays exactly 0), signed and
+    symmetric levels within +-(2**(I-1) - 1) otherwise."""
+    lo, hi = input_range if input_range is not None else (-1.0, 1.0)
+    if lo >= 0:
+        unit = hi / ((1 << input_bits) - 1)
+    else:
+        unit = max(-lo, abs(hi)) / ((1 << (input_bits - 1)) - 1)
+    if unit <= 0:
+        unit = 1.0
+    return unit, (int(round_half_even(lo / unit)), int(round_half_even(hi / unit)))
+
+
+def leak(tau: int, frac_bits: int) -> tuple[int, int]:
+    """The leak ``(tau * u) >> F`` as ``(mult, shift)`` for the engine: ``(1, F - k)`` when tau = 2**k
+    (k <= F: tau = 0.25 is a shift by 2, as on a chip; ``(2**k * u) >> F`` equals ``u >> (F - k)`` for
+    every integer u), else ``(tau, F)``."""
+    tau = int(tau)
+    if tau > 0 and tau & (tau - 1) == 0 and tau.bit_length() - 1 <= frac_bits:
+        return 1, frac_bits - (tau.bit_length() - 1)
+    return tau, frac_bits
+
+
 def quantize(network: Network, weight_bits: int, membrane_bits: int = 16, frac_bits: int = 12,
              input_bits: int = 8, headroom_bits: int = HEADROOM_BITS, scale_rule: str = "mse") -> Network:
     """A real-valued network made fixed point, post training (docs/FIXED_POINT.md, "The quantiser").
@@ -322,23 +371,13 @@ def quantize(network: Network, weight_bits: int, membrane_bits: int = 16, frac_b
 
     units: dict[str, float] = {}
     for p in net.populations:
-        scales = [scale_of(pr) for pr in net.incoming(p.name) if not (direct and pr.source == INPUT)]
-        scales = [s for s in scales if s > 0]
-        floor = p.params["v_threshold"] / 2.0 ** (membrane_bits - 1 - headroom_bits)
-        units[p.name] = max(min(scales), floor) if scales else floor
-    ro = [scale_of(pr) for pr in net.incoming(READOUT)]
-    ro = [s for s in ro if s > 0]
-    units[READOUT] = min(ro) if ro else 1.0
+        units[p.name] = membrane_unit([scale_of(pr) for pr in net.incoming(p.name)
+                                       if not (direct and pr.source == INPUT)],
+                                      p.params["v_threshold"], membrane_bits, headroom_bits)
+    units[READOUT] = readout_unit([scale_of(pr) for pr in net.incoming(READOUT)])
 
     if direct:
-        lo, hi = net.input_range if net.input_range is not None else (-1.0, 1.0)
-        if lo >= 0:         # unsigned levels 0 .. 2**I - 1 (no zero point: 0 stays exactly 0)
-            input_unit = hi / ((1 << input_bits) - 1)
-        else:               # signed, symmetric levels within +-(2**(I-1) - 1)
-            input_unit = max(-lo, abs(hi)) / ((1 << (input_bits - 1)) - 1)
-        if input_unit <= 0:
-            input_unit = 1.0
-        input_levels = (int(round_half_even(lo / input_unit)), int(round_half_even(hi / input_unit)))
+        input_unit, input_levels = input_quantisation(net.input_range, input_bits)
     else:
         input_unit, input_levels = 1.0, (0, 0)
 
@@ -355,9 +394,7 @@ def quantize(network: Network, weight_bits: int, membrane_bits: int = 16, frac_b
         if direct and pr.source == INPUT:
             levels = np.clip(round_half_even(pr.weight / s), -L, L) if s > 0 else np.zeros_like(pr.weight)
             ratio = (input_unit * s / q) if s > 0 else 0.0
-            x_max = max(abs(input_levels[0]), abs(input_levels[1]), 1)
-            fan = float(np.abs(levels).reshape(levels.shape[0], -1).sum(axis=1).max()) if levels.size else 0.0
-            acc_max = max(1.0, fan * x_max)
+            acc_max = max(1.0, fan_in(levels) * max(abs(input_levels[0]), abs(input_levels[1]), 1))
             shift = 0
             while shift < 62 and acc_max * ratio * 2.0 ** (shift + 1) < 2.0 ** RESCALE_BITS and shift < 48:
                 shift += 1
@@ -366,7 +403,7 @@ def quantize(network: Network, weight_bits: int, membrane_bits: int = 16, frac_b
             fx.weight_scale[pr.name] = s if s > 0 else 1.0
             pr.weight = levels
         else:
-            step = max(1, int(round_half_even(s / q))) if s > 0 else 1
+            step = step_of(s, q)
             levels = np.clip(round_half_even(pr.weight / (step * q)), -L, L) if s > 0 else np.zeros_like(pr.weight)
             fx.steps[pr.name] = step
             fx.weight_scale[pr.name] = step * q

@@ -227,44 +227,37 @@ def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive
 
 
 @njit(**_SERIAL)
-def fire_fixed(model, prm, shift, lo, hi, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+def fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
     """:func:`fire` in integer arithmetic, for a fixed-point network (docs/FIXED_POINT.md).
 
     ``prm``: the model's integer constants [tau, v_threshold, k_alpha (k_syn), k_beta, k_gamma], the
-    multipliers as numerators over ``2**shift``. Each membrane first saturates to [lo, hi] (M bits);
-    every product is int64 and ``>>`` an arithmetic shift (floor), as on a chip. A leak tau = 2**-n
-    (the Ternary Spike models' 0.25) is ``u >> n``, a shift with no multiply, as on a chip:
-    ``(2**(f-n) * u) >> f`` equals it for every integer u. The state arrays (int16 or int32) only ever
-    receive values the quantiser proved fit them.
+    multipliers as numerators over ``2**shift``; ``fxp``: the population's row of ``pop_fixed``, (shift,
+    membrane min, membrane max, leak mult, leak shift). Each membrane first saturates to [lo, hi] (M bits);
+    every product is int64 and ``>>`` an arithmetic shift (floor), as on a chip. The leak is ``(mult * u)
+    >> shift`` as :func:`evsim.fixedpoint.leak` worked it out when the network was compiled: a leak
+    tau = 2**-n (the Ternary Spike models' 0.25) is ``u >> n``, a shift with no multiply. The state arrays
+    (int16 or int32) only ever receive values the quantiser proved fit them.
     """
-    tau = np.int64(prm[0])
     th = np.int64(prm[1])
     ka = np.int64(prm[2])
     kb = np.int64(prm[3])
     kg = np.int64(prm[4])
-    f = np.int64(shift)
-    lo = np.int64(lo)
-    hi = np.int64(hi)
-    n = np.int64(-1)              # tau = 2**(f - n): the leak is a right shift by n
-    if tau > 0 and (tau & (tau - 1)) == 0:
-        k = np.int64(0)
-        while (np.int64(1) << k) < tau:
-            k += 1
-        if k <= f:
-            n = f - k
-    if n >= 0:
-        _fire_fixed_loop(model, np.int64(1), n, th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
+    f = np.int64(fxp[0])
+    lo = np.int64(fxp[1])
+    hi = np.int64(fxp[2])
+    if fxp[3] == 1:              # the constant 1 reaches the inlined loop: no multiply there
+        _fire_fixed_loop(model, np.int64(1), np.int64(fxp[4]), th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
     else:
-        _fire_fixed_loop(model, tau, f, th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
+        _fire_fixed_loop(model, np.int64(fxp[3]), np.int64(fxp[4]), th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
     return queue_frame(frame, v.shape[0], n_channels, channel_major, ev_idx, ev_sign)
 
 
 def fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
     """:func:`fire` or :func:`fire_fixed`, chosen by the state's type when the driver is compiled.
-    ``prm``: the population's row of ``pop_params``; ``fxp``: its row of ``pop_fixed`` (shift, lo, hi).
+    ``prm``: the population's row of ``pop_params``; ``fxp``: its row of ``pop_fixed``.
     (This body runs only under NUMBA_DISABLE_JIT; compiled code takes the overload's choice.)"""
     if np.issubdtype(v.dtype, np.integer):
-        return fire_fixed(model, prm, fxp[0], fxp[1], fxp[2], v, h, drive, frame, n_channels, channel_major,
+        return fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major,
                           ev_idx, ev_sign)
     return fire(model, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive, frame, n_channels, channel_major,
                 ev_idx, ev_sign)
@@ -274,7 +267,7 @@ def fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_maj
 def _fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
     if isinstance(v.dtype, types.Integer):
         def fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
-            return fire_fixed(model, prm, fxp[0], fxp[1], fxp[2], v, h, drive, frame, n_channels, channel_major,
+            return fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major,
                               ev_idx, ev_sign)
         return fixed
 
@@ -436,8 +429,7 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
     small); a chunk of the whole group lets a layer's weights serve every
     sample while they are in cache (best when the weights are large).
     """
-    steps, desc, scale, ibuf, i32buf, fbuf = (program.steps, program.desc, program.scale, program.ibuf,
-                                              program.i32buf, program.fbuf)
+    steps, desc = program.steps, program.desc      # the kinds' buffers are read in _scatter_from
     pop_off, pop_size, h_off, pop_code = program.pop_off, program.pop_size, program.h_off, program.pop_code
     pop_params, pop_fixed, pop_channels, pop_channel_major, bias = (
         program.pop_params, program.pop_fixed, program.pop_channels, program.pop_channel_major, program.bias)

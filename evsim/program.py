@@ -39,7 +39,7 @@ class Program:
     h_off: np.ndarray          # (P+1,) offsets in the complement state (CTSN populations only)
     pop_code: np.ndarray
     pop_params: np.ndarray     # (P, 5); int64 for a fixed-point network
-    pop_fixed: np.ndarray      # (P, 3) int64: (shift, membrane min, membrane max) of a fixed-point network
+    pop_fixed: np.ndarray      # (P, 5) int64: (shift, membrane min, membrane max, leak mult, leak shift), fixed point
     pop_channels: np.ndarray
     pop_channel_major: np.ndarray   # (P,) 1: emit events channel by channel
     state_bytes: int = 0       # state touched per sample and timestep (membranes, drive, events, frames)
@@ -159,7 +159,7 @@ def _build(net: CompiledNetwork) -> Program:
         h_off=np.concatenate([[0], np.cumsum(hsizes)]).astype(np.int64),
         pop_code=np.array([p.code for p in pops], dtype=np.int64),
         pop_params=np.array([p.params for p in pops], dtype=np.int64 if dt.kind == "i" else dt).reshape(len(pops), 5),
-        pop_fixed=np.array([p.fixed for p in pops], dtype=np.int64).reshape(len(pops), 3),
+        pop_fixed=np.array([p.fixed for p in pops], dtype=np.int64).reshape(len(pops), 5),
         pop_channels=np.array([p.channels for p in pops], dtype=np.int64),
         pop_channel_major=np.array([p.channel_major for p in pops], dtype=np.int64),
         # membrane, drive (float), event index (int32), event sign and frame (int8), complement

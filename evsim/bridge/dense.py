@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..fixedpoint import direct_level_bound, fan_in, membrane_range
 from ..graph import INPUT, READOUT, Network
 from ..neurons import neuron_model
 
@@ -142,9 +143,8 @@ class DenseRunner:
         if self.fixed is not None:
             rescale = self.fixed.rescale.get(pr.name)
             if pr.kind != "identity":      # exactness: the largest partial sum of |input| * |weight|
-                x_max = max(map(abs, self.fixed.input_levels)) if rescale is not None else 1
-                fan = float(w.abs().reshape(w.shape[0], -1).sum(1).max()) if w.numel() else 0.0
-                if fan * x_max >= EXACT:
+                bound = direct_level_bound(self.network, pr) if rescale is not None else fan_in(pr.weight)
+                if bound >= EXACT:
                     raise ValueError(f"projection {pr.name!r}: sums reach 2**53, beyond float64's exact integers")
         return (pr.source, pr.kind, w, b, tuple(pr.stride), tuple(pr.padding), float(pr.scale), rescale)
 
@@ -188,7 +188,7 @@ class DenseRunner:
         o = torch.zeros_like(u)
         if self.fixed is not None:
             fx = self.fixed
-            lo, hi = -(1 << (fx.membrane_bits - 1)), (1 << (fx.membrane_bits - 1)) - 1
+            lo, hi = membrane_range(fx.membrane_bits)
             p = {k: int(v) for k, v in p.items()}
             for t in range(T):
                 u, h, o = neuron_step_fixed(model, p, fx.frac_bits, lo, hi, u, h, o, cur[t])

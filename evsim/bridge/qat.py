@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from ..errors import EvsimError
-from ..fixedpoint import HEADROOM_BITS, round_half_even, weight_scale
+from ..fixedpoint import (input_quantisation, membrane_range, membrane_unit, readout_unit, round_half_even,
+                          step_of, weight_scale)
 from ..graph import INPUT, READOUT
 from .fold import fold_model
 from .layers import BinaryLIF, SpikingNeuron, TernaryLIF
@@ -174,15 +175,8 @@ class QATNet(nn.Module):
         self.direct = net.encoding == "direct"
         model.eval()
         if self.direct:     # evsim.fixedpoint.quantize's input unit for this range
-            lo, hi = input_range if input_range is not None else (-1.0, 1.0)
-            if lo >= 0:
-                self.input_unit = hi / ((1 << input_bits) - 1)
-            else:
-                self.input_unit = max(-lo, abs(hi)) / ((1 << (input_bits - 1)) - 1)
-            if self.input_unit <= 0:
-                self.input_unit = 1.0
-            self.input_levels = (float(round_half_even(lo / self.input_unit)),
-                                 float(round_half_even(hi / self.input_unit)))
+            self.input_unit, levels = input_quantisation(input_range, input_bits)
+            self.input_levels = (float(levels[0]), float(levels[1]))
 
     def train(self, mode: bool = True):
         """Training mode for the neurons' bookkeeping only: BatchNorm never runs here (frozen)."""
@@ -220,12 +214,10 @@ class QATNet(nn.Module):
                                                                                     self.scale_rule)
         units = {}
         for name, neuron in self.pops:
-            ss = [scale[p.name] for p in self.projs if p.target == name and not (self.direct and p.source == INPUT)]
-            ss = [s for s in ss if s > 0]
-            floor = neuron.v_threshold / 2.0 ** (self.membrane_bits - 1 - HEADROOM_BITS)
-            units[name] = max(min(ss), floor) if ss else floor
-        ro = [scale[p.name] for p in self.projs if p.target == READOUT and scale[p.name] > 0]
-        units[READOUT] = min(ro) if ro else 1.0
+            units[name] = membrane_unit([scale[p.name] for p in self.projs
+                                         if p.target == name and not (self.direct and p.source == INPUT)],
+                                        neuron.v_threshold, self.membrane_bits)
+        units[READOUT] = readout_unit([scale[p.name] for p in self.projs if p.target == READOUT])
         level, identity = {}, {}
         for p in self.projs:
             q, s = units[p.target], scale[p.name]
@@ -234,7 +226,7 @@ class QATNet(nn.Module):
             elif self.direct and p.source == INPUT:
                 level[p.name] = (s, 1, s)
             else:
-                step = max(1, int(round_half_even(s / q))) if s > 0 else 1
+                step = step_of(s, q)
                 level[p.name] = (step * q if s > 0 else 0.0, step, q)
         thresholds = {name: max(1.0, float(round_half_even(n.v_threshold / units[name]))) for name, n in self.pops}
         tau = {name: float(round_half_even(n.tau * 2.0 ** self.frac_bits)) for name, n in self.pops}
@@ -272,7 +264,7 @@ class QATNet(nn.Module):
     # ---------------------------------------------------------------- the run
     def _neuron(self, name, neuron, cur_int, thr, tau):
         """cur_int: (T, B, ...) input in membrane units -> pure spikes (T, B, ...), as neuron_step_fixed."""
-        lo, hi = -float(1 << (self.membrane_bits - 1)), float((1 << (self.membrane_bits - 1)) - 1)
+        lo, hi = (float(v) for v in membrane_range(self.membrane_bits))
         ternary = not isinstance(neuron, BinaryLIF)
         u = torch.zeros_like(cur_int[0])
         o = torch.zeros_like(u)

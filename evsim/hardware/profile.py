@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 
 from ..errors import EvsimError
@@ -105,7 +105,6 @@ class HardwareProfile:
     unknown: tuple[str, ...] = ()
     notes: str = ""
     origin: str = ""                           # the built-in name or the file it came from
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def mirror(self) -> bool:

@@ -22,7 +22,7 @@ Everything is counted from the spikes a run recorded (``simulate(..., record=Tru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -141,7 +141,6 @@ class Traffic:
     engine_ops: int                   # evsim's synaptic_ops of the event-driven projections x target copies
     host_macs: float                  # per sample: MACs of direct-input projections (computed by the host)
     arithmetic: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
