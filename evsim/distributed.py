@@ -74,6 +74,7 @@ def network_key(network) -> str:
             "readout": network.readout, "input_range": network.input_range, "class_names": network.class_names,
             "populations": [[p.name, list(p.shape), p.model, sorted(p.params.items())] for p in network.populations],
             "projections": [[p.name, p.source, p.target, p.kind, list(p.stride), list(p.padding), p.scale]
+                            + ([p.pool.to_dict()] if p.pool is not None else [])      # unchanged keys without
                             for p in network.projections]}
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     for p in network.projections:
@@ -200,7 +201,7 @@ def run_chunk(key: str, params: tuple, dtype: str, conv_mode: str, threads: int 
         out[kind] = np.array([d[p.name] for p in net.populations], dtype=np.int64).T.reshape(n, -1).copy()
     for kind in PROJ_COUNTERS:
         d = getattr(c, kind)
-        out[kind] = np.array([d[p.name] for p in net.projections], dtype=np.int64).T.reshape(n, -1).copy()
+        out[kind] = np.array([d[p.name] for p in net.reported_projections], dtype=np.int64).T.reshape(n, -1).copy()
     out["input_events"] = (np.zeros(n, np.int64) if c.input_events is None
                            else np.asarray(c.input_events, dtype=np.int64).copy())
     return out
@@ -593,7 +594,7 @@ def _report(net, totals: dict, n: int, energy: str, mac_basis: str):
         getattr(c, kind).update({p.name: np.array([totals[kind][i]], dtype=np.int64) for i, p in enumerate(items)})
     for kind in PROJ_COUNTERS:
         getattr(c, kind).update({p.name: np.array([totals[kind][i]], dtype=np.int64)
-                                 for i, p in enumerate(net.projections)})
+                                 for i, p in enumerate(net.reported_projections)})
     from .engine import output_dtype
     outputs = np.broadcast_to(np.zeros((1, net.n_outputs), dtype=output_dtype(net)), (n, net.n_outputs))
     return build_report(net, SimulationResult(outputs=outputs, counters=c, timesteps=net.network.timesteps),
@@ -686,7 +687,7 @@ def _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size
     _NETWORKS.setdefault(key, network)        # the client's copy: compiles the point for its report
     net = _compiled(key, tuple(sorted(params.items())), dtype, conv_mode) if isinstance(run, InProcessRunner) \
         else compile_network(point, dtype=dtype, conv_mode=conv_mode)
-    n_out, n_pop, n_proj = net.n_outputs, len(net.populations), len(net.projections)
+    n_out, n_pop, n_proj = net.n_outputs, len(net.populations), len(net.reported_projections)
     if y is not None:
         bad = (y < 0) | (y >= n_out)
         if bad.any():
@@ -697,7 +698,7 @@ def _evaluate(run, network, point, key, params, src, y, labels_id, n, chunk_size
                 "data": src.fingerprint() + (f" limit={n}" if n != len(src) else ""), "labels": labels_id,
                 "samples": n, "chunk_size": chunk_size, "dtype": dtype, "conv_mode": conv_mode,
                 "n_outputs": n_out, "populations": [p.name for p in net.populations],
-                "projections": [p.name for p in net.projections]}
+                "projections": [p.name for p in net.reported_projections]}
     prog = Progress(n, len(spans), sys.stderr.isatty() if progress is None else progress, label)
     if point_base is not None:
         if keep_samples or out is not None:
@@ -807,7 +808,7 @@ def _write_results(out, force, result, net, store, spans, manifest, weights, dat
     from .files import atomic_write
     n, n_out = result.samples, net.n_outputs
     cols = {k: len(net.populations) for k in POP_COUNTERS}
-    cols.update({k: len(net.projections) for k in PROJ_COUNTERS})
+    cols.update({k: len(net.reported_projections) for k in PROJ_COUNTERS})
     rep = result.report
     with atomic_write(out, force=force, what="results file") as fobj, h5py.File(fobj, "w") as f:
         f.attrs["format"] = RESULTS_FORMAT
@@ -819,7 +820,7 @@ def _write_results(out, force, result, net, store, spans, manifest, weights, dat
         f.attrs["report"] = json.dumps(rep.to_dict(), sort_keys=True)
         str_t = h5py.string_dtype("utf-8")
         f.create_dataset("populations", data=np.array([p.name for p in net.populations], dtype=object), dtype=str_t)
-        f.create_dataset("projections", data=np.array([p.name for p in net.projections], dtype=object), dtype=str_t)
+        f.create_dataset("projections", data=np.array([p.name for p in net.reported_projections], dtype=object), dtype=str_t)
         s = f.create_group("samples")
         s.attrs["note"] = ("row i = sample i of the data; spikes_* columns follow /populations, the other counters "
                            "/projections (macs: every input position, macs_nonzero: non-zero inputs only)")

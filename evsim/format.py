@@ -1,14 +1,16 @@
-"""HDF5 file format v1 (and v2, fixed point) for folded networks (see docs/FORMAT.md).
+"""HDF5 file format v1 (v2: fixed point; v3: pooled convs) for folded networks (see docs/FORMAT.md).
 
 Layout::
 
-    /                     attrs: format="evsim-network", format_version=1 (2 with fixed_point),
+    /                     attrs: format="evsim-network", format_version=1 (2 with fixed_point, 3 with
+                                 a pooled conv),
                                  timesteps, input_shape, encoding, readout,
                                  input_range (optional), provenance (JSON),
                                  fixed_point (JSON, v2 only: docs/FIXED_POINT.md)
     /class_names          (n_classes,) UTF-8 strings, optional
     /populations/<name>   attrs: index, shape, model, and one attr per constant
-    /projections/<name>   attrs: index, source, target, kind, stride, padding, scale
+    /projections/<name>   attrs: index, source, target, kind, stride, padding, scale,
+                                 pool_* (v3, a pooled conv only)
                           datasets: weight, bias (optional)
 
 ``index`` keeps the order the writer was given (HDF5 lists names
@@ -35,17 +37,24 @@ from .files import FileError, atomic_write, open_regular
 from .graph import Network, Population, Projection
 from .limits import NEURON_BYTES, Limits
 from .neurons import NEURON_MODELS
+from .pooling import POOL_ATTRIBUTES, AvgPool
 
 FORMAT_NAME = "evsim-network"
 FORMAT_VERSION = 1              # what a real-valued network is written as (readers older than v2 read it)
 FIXED_POINT_VERSION = 2         # a fixed-point network (root attribute fixed_point): older readers must refuse it
-SUPPORTED_VERSIONS = (1, 2)
+POOLED_VERSION = 3              # a network with a pooled conv (pool_* attributes): older readers must refuse it
+SUPPORTED_VERSIONS = (1, 2, 3)
 MAX_FIXED_POINT_CHARS = 1 << 20     # the fixed_point JSON (a few numbers per population and projection)
 
 
 def file_version(network: Network) -> int:
-    """The format version ``network`` is written as: 2 only when it needs it (fixed point)."""
-    return FIXED_POINT_VERSION if network.fixed_point is not None else FORMAT_VERSION
+    """The format version ``network`` is written as, the lowest that holds it: 2 for a fixed-point network,
+    3 for one with a pooled conv (the two never meet: a fixed-point network holds no pooled conv), else 1."""
+    if network.fixed_point is not None:
+        return FIXED_POINT_VERSION
+    if any(pr.pool is not None for pr in network.projections):
+        return POOLED_VERSION
+    return FORMAT_VERSION
 
 
 def write_network(network: Network, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -89,6 +98,12 @@ def write_network(network: Network, path: str | os.PathLike, overwrite: bool = F
             g.attrs["stride"] = np.asarray(pr.stride, dtype=np.int64)
             g.attrs["padding"] = np.asarray(pr.padding, dtype=np.int64)
             g.attrs["scale"] = pr.scale
+            if pr.pool is not None:
+                g.attrs["pool_kernel"] = np.asarray(pr.pool.kernel, dtype=np.int64)
+                g.attrs["pool_stride"] = np.asarray(pr.pool.stride, dtype=np.int64)
+                g.attrs["pool_padding"] = np.asarray(pr.pool.padding, dtype=np.int64)
+                g.attrs["pool_ceil_mode"] = np.int64(pr.pool.ceil_mode)
+                g.attrs["pool_count_include_pad"] = np.int64(pr.pool.count_include_pad)
             if pr.weight is not None:
                 g.create_dataset("weight", data=pr.weight.astype(np.float64))
             if pr.bias is not None:
@@ -439,7 +454,7 @@ def _fixed_point(f: h5py.File, where: str, version: int):
     are checked against the network by :func:`evsim.fixedpoint.check` once the arrays are read."""
     from .fixedpoint import FixedPoint
     text = _text(f, "fixed_point", where, required=False)
-    if (text is None) != (version < FIXED_POINT_VERSION):
+    if (text is None) != (version != FIXED_POINT_VERSION):
         raise FormatError(f"{where}: format version {version} " + (
             "is a fixed-point network but has no attribute 'fixed_point'" if text is None else
             f"has an attribute 'fixed_point', which needs version {FIXED_POINT_VERSION}"))
@@ -452,6 +467,33 @@ def _fixed_point(f: h5py.File, where: str, version: int):
         return FixedPoint.from_json(text)
     except NetworkError as e:
         raise FormatError(f"{where}: {e}") from None
+
+
+def _pool(g: h5py.Group, w: str, version: int) -> AvgPool | None:
+    """A projection's average pool (format v3, docs/FORMAT.md "Pooled conv"): all five ``pool_*`` attributes or
+    none; kernel and stride positive, padding non-negative, the two flags 0 or 1. Whether the pool fits the
+    source is the graph's check."""
+    present = [k for k in POOL_ATTRIBUTES if k in g.attrs]
+    if not present:
+        return None
+    if version != POOLED_VERSION:
+        raise FormatError(f"{w}: attribute {present[0]!r} (a pooled conv) needs format version {POOLED_VERSION}, "
+                          f"the file says {version}")
+    for k in POOL_ATTRIBUTES:
+        if k not in g.attrs:
+            raise FormatError(f"{w}: a pooled conv needs all of {', '.join(POOL_ATTRIBUTES)}; missing attribute {k!r}")
+    kernel = _integers(g, "pool_kernel", w, (2,), positive=True)
+    stride = _integers(g, "pool_stride", w, (2,), positive=True)
+    padding = _integers(g, "pool_padding", w, (2,))
+    if min(padding) < 0:
+        raise FormatError(f"{w}: attribute 'pool_padding' must not be negative, got {padding}")
+    flags = []
+    for k in ("pool_ceil_mode", "pool_count_include_pad"):
+        v = _integer(g, k, w)
+        if v not in (0, 1):
+            raise FormatError(f"{w}: attribute {k!r} must be 0 or 1, got {v}")
+        flags.append(bool(v))
+    return AvgPool(kernel, stride, padding, *flags)
 
 
 def _read(f: h5py.File, where: str, limits: Limits) -> Network:
@@ -521,7 +563,10 @@ def _read(f: h5py.File, where: str, limits: Limits) -> Network:
             weight=data.get("weight"), bias=data.get("bias"),
             stride=_integers(g, "stride", w, (2,), default=(1, 1)),
             padding=_integers(g, "padding", w, (2,), default=(0, 0)),
-            scale=_real(g, "scale", w, default=1.0)))
+            scale=_real(g, "scale", w, default=1.0), pool=_pool(g, w, version)))
+    if version == POOLED_VERSION and not any(pr.pool is not None for pr in projections):
+        raise FormatError(f"{where}: format version {POOLED_VERSION} is for networks with a pooled conv, but no "
+                          f"projection has pool attributes (write it as version {FORMAT_VERSION})")
     class_names = _dataset(f, "class_names", where, "/class_names", text=True)
     if class_names is not None:
         if class_names.ndim != 1:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import NetworkError
 from .neurons import NEURON_MODELS, NeuronModel, neuron_model
+from .pooling import AvgPool, check_pooled
 
 INPUT = "input"
 READOUT = "readout"
@@ -87,8 +88,12 @@ class Projection:
                      sign to the neuron at the same index in the target
                      (residual shortcut). Source and target shapes match.
 
-    Average pooling never appears here: it is linear and the bridge folds it
-    into the projection that follows it.
+    pool:            conv2d only, optional (format v3): the source is first
+                     average-pooled (:class:`evsim.pooling.AvgPool`, as
+                     PyTorch's AvgPool2d), then the conv applies to the
+                     pooled map. Otherwise average pooling never appears
+                     here: the bridge folds it into the projection that
+                     follows it wherever that is exact.
     """
 
     name: str
@@ -100,6 +105,7 @@ class Projection:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     scale: float = 1.0
+    pool: AvgPool | None = None
 
     def __post_init__(self):
         self.stride = tuple(int(s) for s in self.stride)
@@ -282,6 +288,8 @@ class Network:
             raise NetworkError(f"{where}: stride and padding must be (y, x) pairs, got {pr.stride} and {pr.padding}")
         src = shapes[pr.source]
         n_src = math.prod(src)
+        if pr.pool is not None and pr.kind != "conv2d":
+            raise NetworkError(f"{where}: only a conv2d projection can pool its source, this one is {pr.kind}")
         if pr.kind == "identity":
             if pr.target == READOUT:
                 raise NetworkError(f"{where}: an identity projection cannot feed the readout")
@@ -319,6 +327,8 @@ class Network:
         # conv2d
         if pr.target == READOUT:
             raise NetworkError(f"{where}: a conv2d projection cannot feed the readout")
+        if pr.pool is not None:
+            src = self._pooled_source(pr, src, where)
         if pr.weight.ndim != 4:
             raise NetworkError(f"{where}: conv2d weight must be 4-D (C_out, C_in, kH, kW), got shape {pr.weight.shape}")
         if len(src) != 3:
@@ -345,3 +355,18 @@ class Network:
             raise NetworkError(f"{where}: conv2d output would be {(c_out, ho, wo)}, target {pr.target!r} has shape {tgt}")
         if pr.bias is not None and pr.bias.shape != (c_out,):
             raise NetworkError(f"{where}: bias shape {pr.bias.shape}, expected ({c_out},)")
+
+    def _pooled_source(self, pr: Projection, src: tuple[int, ...], where: str) -> tuple[int, ...]:
+        """The shape the conv of a pooled conv sees: the pooled source (checks of docs/FORMAT.md, "Pooled conv")."""
+        if not isinstance(pr.pool, AvgPool):
+            raise NetworkError(f"{where}: pool must be an evsim.pooling.AvgPool, got {type(pr.pool).__name__}")
+        if len(src) != 3:
+            raise NetworkError(f"{where}: a pooled conv needs a (C, H, W) source, {pr.source!r} has shape {src}")
+        if pr.source == INPUT and self.encoding == "direct":
+            raise NetworkError(f"{where}: a pooled conv from a direct-encoded (real-valued) input is not supported "
+                               f"(pool the input before it is fed)")
+        if self.fixed_point is not None:
+            raise NetworkError(f"{where}: a fixed-point network cannot hold a pooled conv (evsim quantize does not "
+                               f"quantise average pooling before a conv)")
+        hp, wp = check_pooled(where, pr.pool, src)
+        return (src[0], hp, wp)

@@ -120,7 +120,7 @@ def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = D
                                     updates * nm.mults_per_update, updates * nm.adds_per_update))
     names = {i: p.name for i, p in enumerate(net.populations)}
     projs = []
-    for cp in net.projections:
+    for cp in net.reported_projections:
         nonzero = float(c.macs_nonzero[cp.name].sum()) / N
         every = float(c.macs[cp.name].sum()) / N
         projs.append(ProjectionStats(
@@ -133,7 +133,7 @@ def build_report(net: CompiledNetwork, result: SimulationResult, energy: str = D
     neurons = sum(p.neurons for p in pops)
     ann_mac = sum(p.dense_macs for p in projs)
     # an ANN's residual additions: one per target neuron of each identity projection (none at scale 0)
-    ann_add = sum(net.populations[cp.target].size for cp in net.projections if cp.mode == "identity" and cp.scale != 0)
+    ann_add = sum(net.populations[cp.target].size for cp in net.reported_projections if cp.mode == "identity" and cp.scale != 0)
     totals = {
         "spikes": spikes,
         "spikes_pos": sum(p.spikes_pos for p in pops),
@@ -169,13 +169,13 @@ def per_sample(net: CompiledNetwork, result: SimulationResult, mac_basis: str = 
     _check_basis(mac_basis)
     c = result.counters
     names = {i: p.name for i, p in enumerate(net.populations)}
-    ann_add = sum(net.populations[cp.target].size for cp in net.projections if cp.mode == "identity" and cp.scale != 0)
+    ann_add = sum(net.populations[cp.target].size for cp in net.reported_projections if cp.mode == "identity" and cp.scale != 0)
     rows = []
     for i in range(len(result.outputs)):
         pops = [{"name": p.name, "spikes_pos": int(c.spikes_pos[p.name][i]), "spikes_neg": int(c.spikes_neg[p.name][i])}
                 for p in net.populations]
         projs = []
-        for cp in net.projections:
+        for cp in net.reported_projections:
             nonzero, every = int(c.macs_nonzero[cp.name][i]), int(c.macs[cp.name][i])
             projs.append({"name": cp.name, "source": names.get(cp.source, "input"),
                           "target": names.get(cp.target, "readout"),
@@ -189,7 +189,7 @@ def per_sample(net: CompiledNetwork, result: SimulationResult, mac_basis: str = 
             "totals": {"spikes": spikes, "synaptic_ops": sum(p["synaptic_ops"] for p in projs),
                        "macs": sum(p["macs"] for p in projs),
                        "input_events": int(c.input_events[i]) if c.input_events is not None else 0,
-                       "ann_macs": sum(cp.dense_macs for cp in net.projections), "ann_adds": ann_add}})
+                       "ann_macs": sum(cp.dense_macs for cp in net.reported_projections), "ann_adds": ann_add}})
     return rows
 
 

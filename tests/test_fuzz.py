@@ -354,3 +354,44 @@ def test_structured_mutations_cli(workdir, edits):
                 edit(f, *args)
     with bounded():
         assert_cli_outcome(_runner().invoke(main, ["info", str(path)]))
+
+
+# ------------------------------------------------------------------ a pooled conv (format v3)
+@functools.lru_cache(maxsize=None)
+def pooled_bytes() -> bytes:
+    """A small version-3 file: spike input -> a pooled conv (AvgPool2d(3, 2, 1) then 3x3) -> readout."""
+    import tempfile
+
+    from evsim import write_network
+    from evsim.graph import Network, Population, Projection
+    from evsim.pooling import AvgPool
+    rng = np.random.default_rng(0)
+    net = Network([Population("a", (3, 4, 4), "ternary_lif", {"tau": 0.5, "v_threshold": 1.0})],
+                  [Projection("pc", "input", "a", "conv2d", rng.normal(size=(3, 2, 3, 3)), None, (1, 1), (1, 1),
+                              pool=AvgPool((3, 3), (2, 2), (1, 1))),
+                   Projection("fc", "a", "readout", "linear", rng.normal(size=(4, 48)))],
+                  2, (2, 8, 8), encoding="spikes")
+    with tempfile.TemporaryDirectory() as d:
+        return write_network(net, f"{d}/pooled.h5").read_bytes()
+
+
+POOL_ATTRIBUTES = st.sampled_from(["pool_kernel", "pool_stride", "pool_padding", "pool_ceil_mode",
+                                   "pool_count_include_pad", "format_version", "stride", "padding"])
+POOL_EDITS = st.one_of(
+    st.tuples(st.just(_edit_attribute), st.sampled_from(["/", "projections/pc", "projections/fc"]), POOL_ATTRIBUTES,
+              VALUES),
+    st.tuples(st.just(_delete_attribute), st.sampled_from(["/", "projections/pc"]), POOL_ATTRIBUTES),
+)
+
+
+@FUZZ
+@given(st.lists(POOL_EDITS, min_size=1, max_size=3))
+def test_structured_mutations_of_a_pooled_conv(workdir, edits):
+    path = workdir / "pooled.h5"
+    path.write_bytes(pooled_bytes())
+    with h5py.File(path, "r+") as f:
+        for edit, *args in edits:
+            with contextlib.suppress(TypeError, ValueError, KeyError, OSError, RuntimeError):
+                edit(f, *args)
+    with bounded():
+        event(outcome(path))

@@ -248,6 +248,13 @@ CASES = {
     "soft_link_group": (_link("projections", h5py.SoftLink("/populations")), FormatError, r"/projections is a soft link"),
     "hard_link_alias": (_hard_alias, FormatError, r"/populations/layers.2: index 0 is also the index of 'alias'"),
     "hard_link_cycle": (_hard_cycle, FormatError, r"/populations/loop: missing attribute 'index'"),
+    # format v3 (a pooled conv): its attributes need version 3, and version 3 needs one of them
+    "pool_in_version_1": (_set("projections/layers.3.conv1", "pool_kernel", np.array([3, 3])), FormatError,
+                          r"/projections/layers.3.conv1: attribute 'pool_kernel' \(a pooled conv\) needs format "
+                          r"version 3, the file says 1"),
+    "version_3_without_pool": (_set("/", "format_version", 3), FormatError,
+                               r"format version 3 is for networks with a pooled conv, but no projection has pool "
+                               r"attributes"),
     # sizes declared, not stored
     "declared_weight_170000x3136": (_declared_weight((170000, 3136)), NetworkError,
                                     r"projection 'layers.6': bias shape \(10,\), expected \(170000,\)"),

@@ -25,10 +25,10 @@ from evsim.cli import main
 calibrate = papers.calibrate_random      # random weights firing at realistic rates
 
 
-def make_checkpoint(path, source, arch, shape, T=2, num_classes=10, prefix="", **build_kw):
+def make_checkpoint(path, source, arch, shape, T=2, num_classes=10, prefix="", calib=None, **build_kw):
     torch.manual_seed(0)
     net = papers.build(source, arch, T, shape[0], num_classes, shape, **build_kw)
-    calibrate(net, torch.randn(4, *shape))
+    calibrate(net, torch.randn(4, *shape), **(calib or {}))
     state = {prefix + k: v for k, v in net.state_dict().items()}
     torch.save(state, path)
     return state
@@ -54,21 +54,39 @@ def import_and_verify(tmp_path, ckpt, source, arch, shape, T=2, extra=()):
     return doc
 
 
+# their ImageNet ResNets: the identity-shortcut chains would climb past 60 % with random weights
+IMAGENET = {"calib": {"residual_gain": 0.5}}
 CASES = [   # source, arch, input shape, build options, number of neuron layers
     ("ternary-spike", "resnet19", (3, 8, 8), {}, 17),
     ("ternary-spike", "resnet20", (3, 8, 8), {}, 19),
     ("ternary-spike", "resnet20m", (3, 16, 16), {}, 19),
     ("ternary-spike", "vgg16", (3, 32, 32), {}, 13),
     ("ctsn", "vgg11", (3, 32, 32), {"form": "static"}, 8),
+    # stem map 32 (even): the stem pool's pooled conv needs its edge correction
+    ("ternary-spike", "resnet18", (3, 64, 64), IMAGENET, 17),
+    # stem map 33 (odd): the composite conv alone is exact
+    ("ternary-spike", "resnet18", (3, 66, 66), IMAGENET, 17),
+    ("ternary-spike", "resnet34", (3, 64, 64), IMAGENET, 33),
+    # AvgDown shortcuts, AvgPool2d(2, ceil_mode=True, count_include_pad=False), on a 3x3 map: partial windows
+    ("ternary-spike", "resnet20m", (3, 24, 24), {}, 19),
 ]
 
 
-@pytest.mark.parametrize("source,arch,shape,kw,layers", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+@pytest.mark.parametrize("source,arch,shape,kw,layers", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2][1]}" for c in CASES])
 def test_import_verifies_spike_exact(tmp_path, source, arch, shape, kw, layers):
     ckpt = tmp_path / "ckpt.pth"
     make_checkpoint(ckpt, source, arch, shape, **kw)
     doc = import_and_verify(tmp_path, ckpt, source, arch, shape)
     assert len(doc["layers"]) == layers
+    from evsim import read_network
+    pooled = [pr.name for pr in read_network(tmp_path / "folded.h5").projections if pr.pool is not None]
+    if arch in ("resnet18", "resnet34"):            # the stem pool before layer1.0's first conv
+        assert pooled == ["model.layer1.0.conv1"]
+    elif shape == (3, 24, 24):                       # the AvgDown pool of layer4 on the 3x3 map
+        assert pooled == ["model.layer4.0.downsample"]
+    else:
+        assert pooled == []                          # written as format v1
 
 
 def test_ctsn_event_form_without_complement_and_with_dropout_layout(tmp_path):
@@ -97,6 +115,19 @@ def test_key_layout_is_theirs():
     m = papers.build("ternary-spike", "resnet20m", 2, 3, 10, (3, 32, 32), device="meta").state_dict()
     assert "model.conv1.0.pool.weight" in m and "model.layer2.0.downsample.1.pool.weight" in m
     assert tuple(m["model.scale"].shape) == (1, 1, 512)
+    # their ImageNet ResNet in SpikeModel: SpikePool(conv) at .pool, the stem BN as SpikeConv at .conv, the
+    # blocks' BNs as myBatchNorm3d at .bn; no scale
+    r18 = papers.build("ternary-spike", "resnet18", 2, 3, 1000, (3, 224, 224), device="meta").state_dict()
+    keys = list(r18)
+    assert keys[:3] == ["model.conv1.pool.weight", "model.bn1.conv.weight", "model.bn1.conv.bias"]
+    assert tuple(r18["model.conv1.pool.weight"].shape) == (64, 3, 7, 7)
+    for k in ("model.layer1.0.conv1.pool.weight", "model.layer1.1.bn2.bn.running_mean",
+              "model.layer2.0.downsample.0.pool.weight", "model.layer4.0.downsample.1.bn.num_batches_tracked"):
+        assert k in keys
+    assert tuple(r18["model.fc.conv.weight"].shape) == (1000, 512) and "model.scale" not in r18
+    assert len(keys) == 6 + 12 * 8 + 6 * 3 + 2      # stem conv + BN (5 tensors), 8 blocks, 3 downsamples, fc
+    r34 = papers.build("ternary-spike", "resnet34", 2, 3, 1000, (3, 224, 224), device="meta").state_dict()
+    assert "model.layer3.5.conv2.pool.weight" in r34 and "model.layer3.6.conv1.pool.weight" not in r34
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +188,43 @@ def test_wrong_checkpoints_get_one_line(r19, tmp_path):
 def test_refused_architectures_and_geometry(r19, tmp_path):
     d, _ = r19
     out = tmp_path / "x.h5"
-    for arch in ("resnet18", "resnet34"):
-        _one_line_error(_import(d / "good.pth", out, arch), "refused", "AvgPool2d(3, stride 2, padding 1)")
     _one_line_error(_import(d / "good.pth", out, "resnet19", "ctsn"), "refused", "LIFAct")
     _one_line_error(_import(d / "good.pth", out, "vggsnn", "ctsn"), "refused")
     _one_line_error(_import(d / "good.pth", out, "resnet50"), "unknown")
-    # resnet20m's AvgDown pools (ceil_mode, count_include_pad=False) on an odd map: refused, not approximated
-    ck = tmp_path / "r20m.pth"
-    make_checkpoint(ck, "ternary-spike", "resnet20m", (3, 16, 16))
-    _one_line_error(_import(ck, out, "resnet20m", "ternary-spike", "3,24,24"), "model.layer4.0.downsample.0",
-                    "partial windows")
+    # VGG's last pool feeds the classifier; on a 3x3 map it drops a row: refused, not approximated
+    ck = tmp_path / "vgg.pth"
+    make_checkpoint(ck, "ternary-spike", "vgg16", (3, 32, 32))
+    _one_line_error(_import(ck, out, "vgg16", "ternary-spike", "3,48,48"), "model.features.43",
+                    "drops the last rows", "not into the classifier")
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory):
+    d = tmp_path_factory.mktemp("r18")
+    state = make_checkpoint(d / "good.pth", "ternary-spike", "resnet18", (3, 32, 32), **IMAGENET)
+    return d, state
+
+
+def test_resnet18_checkpoint_errors_and_default_input(r18, tmp_path):
+    d, state = r18
+    out = tmp_path / "x.h5"
+    bad = dict(state)
+    bad["model.layer3.1.bn1.bn.running_meen"] = bad.pop("model.layer3.1.bn1.bn.running_mean")
+    p = tmp_path / "miskeyed.pth"
+    torch.save(bad, p)
+    _one_line_error(_import(p, out, "resnet18", "ternary-spike", "3,32,32"),
+                    "does not fit ternary-spike resnet18", "missing key 'model.layer3.1.bn1.bn.running_mean'")
+    _one_line_error(_import(d / "good.pth", out, "resnet34", "ternary-spike", "3,32,32"),
+                    "missing key 'model.layer1.2.conv1.pool.weight'", "fits --arch resnet18")
+    stem = dict(state, **{"model.conv1.pool.weight": torch.zeros(64, 3, 3, 3)})
+    torch.save(stem, p)
+    _one_line_error(_import(p, out, "resnet18", "ternary-spike", "3,32,32"),
+                    "'model.conv1.pool.weight' has shape (64, 3, 3, 3), the architecture needs (64, 3, 7, 7)")
+    assert not out.exists()
+    # without --input-shape: ImageNet's 3x224x224 (checked on the re-expression; folding it is not needed here)
+    net = papers.load_paper_checkpoint(d / "good.pth", "ternary-spike", "resnet18", 2)
+    assert net.input_shape == (3, 224, 224) and net.config["num_classes"] == 10
 
 
 def test_output_not_replaced_without_force(r19, tmp_path):

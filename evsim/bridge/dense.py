@@ -146,16 +146,18 @@ class DenseRunner:
                 bound = direct_level_bound(self.network, pr) if rescale is not None else fan_in(pr.weight)
                 if bound >= EXACT:
                     raise ValueError(f"projection {pr.name!r}: sums reach 2**53, beyond float64's exact integers")
-        return (pr.source, pr.kind, w, b, tuple(pr.stride), tuple(pr.padding), float(pr.scale), rescale)
+        return (pr.source, pr.kind, w, b, tuple(pr.stride), tuple(pr.padding), float(pr.scale), rescale, pr.pool)
 
     @staticmethod
     def _apply(proj, x, bias=True):
-        _, kind, w, b, stride, padding, scale, _ = proj
+        _, kind, w, b, stride, padding, scale, _, pool = proj
         b = b if bias else None
         if kind == "identity":
             return x * scale
         if kind == "linear":
             return F.linear(x.reshape(x.shape[0], -1), w, b)
+        if pool is not None:        # a pooled conv (format v3): PyTorch's AvgPool2d, then the conv
+            x = F.avg_pool2d(x, pool.kernel, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad)
         return F.conv2d(x, w, b, stride=stride, padding=padding)
 
     def _apply_fixed(self, proj, x):

@@ -561,6 +561,11 @@ def network_to_nir(net: Network, path, dt: float = 1e-4, force: bool = False, ni
     NIR has no node for carry ``evsim_model`` metadata that :func:`nir_to_network` reads back exactly. The
     readout (mean over T) becomes Affine nodes into the Output: a NIR runtime reports them per step."""
     net.validate()
+    pooled = [pr.name for pr in net.projections if pr.pool is not None]
+    if pooled:
+        raise NetworkError(f"projection {pooled[0]!r} is a pooled conv (format v3): NIR export of average pooling "
+                           f"before a conv is not supported (NIR's AvgPool2d does not state ceil_mode or how "
+                           f"padding counts)")
     nodes: dict[str, tuple[str, dict, dict]] = {"input": ("Input", {"shape": np.array(net.input_shape)}, {})}
     edges = []
     for pop in net.populations:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import EvsimError
+from ..errors import EvsimError, NetworkError
 from ..graph import INPUT, READOUT, Network
 from ..limits import Limits
 from ..neurons import neuron_model
@@ -293,6 +293,10 @@ def map_network(network: Network, profile: HardwareProfile, weight_bits: int | N
     quantised file's own width, else the chip's (docs/HARDWARE.md)."""
     limits = limits or Limits.from_env()
     network.validate()
+    pooled = [pr.name for pr in network.projections if pr.pool is not None]
+    if pooled:
+        raise NetworkError(f"projection {pooled[0]!r} is a pooled conv (format v3): evsim does not map average "
+                           f"pooling before a conv onto a chip yet")
     fixed = network.fixed_point
     if weight_bits is None:
         weight_bits = fixed.weight_bits if fixed is not None else profile.weight_bits

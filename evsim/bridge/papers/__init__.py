@@ -4,8 +4,9 @@
 reads a state_dict as those training scripts save it (``torch.save(model.state_dict())``
 of their ``SpikeModel`` wrapper: keys under ``model.``, or ``module.model.`` from
 (Distributed)DataParallel), checks it key by key against this project's
-re-expression of the architecture (:mod:`.nets`), and folds it into a format-v1
-network (:mod:`.fold`). ``evsim verify --from ...`` runs the same re-expression
+re-expression of the architecture (:mod:`.nets`), and folds it into an evsim
+network (:mod:`.fold`): format v1, or v3 where a pool sits before a conv in a
+way no single conv expresses (their ImageNet ResNets' stem pool). ``evsim verify --from ...`` runs the same re-expression
 beside the engine. The file is read with ``torch.load(weights_only=True)``: no
 pickled code runs.
 
@@ -25,12 +26,9 @@ from . import nets
 
 SOURCES = ("ternary-spike", "ctsn")
 DEFAULT_HW = (32, 32)       # CIFAR
+IMAGENET_HW = (224, 224)    # the default input of their ImageNet ResNets
 MAX_TIMESTEPS = 10_000
 
-_V1 = "format v1 cannot express it, and evsim does not approximate"
-_STEM_POOL = ("their ImageNet stem ends in AvgPool2d(3, stride 2, padding 1) on spikes, which feeds both a 3x3 conv "
-              "and the first identity shortcut: an overlapping, zero-padded pool before a conv is not one conv "
-              f"(the conv's own padding differs at the bottom and right edges), so {_V1}")
 _CTSN_BLOCK = ("the CTSN repository's residual block builds its neurons as LIFAct(step, complementary, tmpr), which "
                "puts the complementary mode into V_th and tmpr into tau, so its blocks cannot run "
                "(2 * V_th is a string or None) and no checkpoint of it comes from that code; evsim will not guess "
@@ -42,6 +40,10 @@ _TS = {
                  "their resnet19_cifar: 3x3 stem of 128, BasicBlocks [3, 3, 2]"),
     "resnet20": (lambda c, n, sn, **kw: nets.CifarResNet((3, 3, 3), c, n, sn, scale_len=2048),
                  "their resnet20_cifar: 3x3 stem of 128, BasicBlocks [3, 3, 3]"),
+    "resnet18": (lambda c, n, sn, **kw: nets.ImageNetResNet((2, 2, 2, 2), c, n, sn),
+                 "their ResNet18 (ImageNet): 7x7/2 stem of 64, AvgPool2d(3, 2, 1), BasicBlocks [2, 2, 2, 2]"),
+    "resnet34": (lambda c, n, sn, **kw: nets.ImageNetResNet((3, 4, 6, 3), c, n, sn),
+                 "their ResNet34 (ImageNet): 7x7/2 stem of 64, AvgPool2d(3, 2, 1), BasicBlocks [3, 4, 6, 3]"),
     "resnet20m": (lambda c, n, sn, **kw: nets.ModifiedResNet(c, n, sn, scale_len=512),
                   "their resnet20_cifar_modified: three-conv stem, AvgPool2d(2), AvgDown shortcuts, [2, 2, 2, 2]"),
     "vgg16": (lambda c, n, sn, **kw: nets.VGG(nets.VGG_CONFIGS["vgg16"], c, n, sn),
@@ -55,17 +57,22 @@ _CTSN = {
 }
 ARCHITECTURES = {"ternary-spike": _TS, "ctsn": _CTSN}
 REFUSED = {
-    "ternary-spike": {"resnet18": _STEM_POOL, "resnet34": _STEM_POOL},
+    "ternary-spike": {},
     "ctsn": {**{a: _CTSN_BLOCK for a in ("resnet19", "resnet20", "resnet20m", "resnet32", "resnet34", "sewresnet34")},
              "vggsnn": "vggsnn is their CIFAR10-DVS network: its input is a different event frame at every step, "
                        "which neither of format v1's encodings (one image repeated, or ternary spikes) holds"},
 }
-CLASSIFIER = {"resnet19": "model.fc.conv.weight", "resnet20": "model.fc.conv.weight",
+CLASSIFIER = {"resnet18": "model.fc.conv.weight", "resnet34": "model.fc.conv.weight",
+              "resnet19": "model.fc.conv.weight", "resnet20": "model.fc.conv.weight",
               "resnet20m": "model.fc.conv.weight", "vgg11": "model.classifier.conv.weight",
               "vgg16": "model.classifier.conv.weight"}
-STEM = {"resnet19": "model.conv1.pool.weight", "resnet20": "model.conv1.pool.weight",
+STEM = {"resnet18": "model.conv1.pool.weight", "resnet34": "model.conv1.pool.weight",
+        "resnet19": "model.conv1.pool.weight", "resnet20": "model.conv1.pool.weight",
         "resnet20m": "model.conv1.0.pool.weight", "vgg11": "model.features.0.pool.weight",
         "vgg16": "model.features.0.pool.weight"}
+
+
+IMAGENET = ("resnet18", "resnet34")
 
 
 class ImportCheckpointError(CheckpointError):
@@ -192,7 +199,7 @@ def load_paper_checkpoint(path, source: str, arch: str, timesteps: int, num_clas
     stem, cls = _shape_of(state, STEM[arch]), _shape_of(state, CLASSIFIER[arch])
     if input_shape is None:
         c = stem[1] if stem is not None and len(stem) == 4 else 3
-        input_shape = (c,) + DEFAULT_HW
+        input_shape = (c,) + (IMAGENET_HW if arch in IMAGENET else DEFAULT_HW)
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise EvsimError(f"input shape must be three positive integers C,H,W, got {input_shape}")
@@ -245,23 +252,33 @@ def model_for_network(path, source, arch, network):
                                  tuple(network.input_shape), form)
 
 
-def calibrate_random(net, x, seed: int = 0) -> None:
+def calibrate_random(net, x, seed: int = 0, residual_gain: float = 1.0) -> None:
     """Make a randomly initialised paper network fire at realistic rates (tests, benchmarks): every BatchNorm
     gets a random affine map and, as running statistics, the statistics of its own input on ``x`` (set by a
     pre-hook on its first call, so later layers see the calibrated earlier ones); CTSN's alpha, beta, gamma
-    are drawn from N(0, 1). The network is left in eval mode."""
+    are drawn from N(0, 1). The network is left in eval mode.
+
+    ``residual_gain`` scales the affine map of the last BatchNorm of every block with an identity shortcut.
+    With random weights nothing cancels the shortcut's +-1 spikes, so each such block fires at least as
+    often as its input and a long chain of them (resnet34's six-block stage) climbs towards ~2/3; a gain
+    below 1 keeps that chain near the rate of its first block, as trained networks do."""
     from torch import nn
     g = torch.Generator().manual_seed(seed)
 
     def hook(mod, args):
         inp = args[0]
         dims = [d for d in range(inp.ndim) if d != 1]
+        gain = getattr(mod, "_gain", 1.0)
         mod.running_mean.copy_(inp.mean(dims))
         mod.running_var.copy_(inp.var(dims) + 1e-3)
-        mod.weight.data.copy_(torch.empty(mod.num_features).uniform_(0.25, 0.5, generator=g))
-        mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.15)
+        mod.weight.data.copy_(torch.empty(mod.num_features).uniform_(0.25, 0.5, generator=g) * gain)
+        mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * (0.15 * gain))
         mod._calib.remove()
 
+    if residual_gain != 1.0:
+        for m in net.modules():
+            if isinstance(m, nets.Block) and m.downsample is None:
+                m.bn2.bn._gain = float(residual_gain)
     for m in net.modules():
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             m._calib = m.register_forward_pre_hook(hook)

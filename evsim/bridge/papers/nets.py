@@ -209,6 +209,36 @@ class CifarResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(2))
 
 
+class ImageNetResNet(nn.Module):
+    """Their ImageNet ``ResNet`` (resnet18: stages [2, 2, 2, 2]; resnet34: [3, 4, 6, 3]) of BasicBlocks.
+
+    A 7x7 stride-2 stem conv of 64 channels (no bias) with its BatchNorm and neuron, then
+    ``AvgPool2d(3, 2, 1)`` (PyTorch's defaults otherwise: no ceil_mode, padding counted) applied to
+    the stem's spikes; its output is layer1.0's input, so it feeds both that block's first 3x3 conv
+    and its identity shortcut. Four stages of 64..512 channels with 1x1 strided conv + BN
+    downsampling, a global average pool and ``Linear(512, classes)``. No ``scale`` parameter.
+    """
+
+    def __init__(self, stages, in_channels, num_classes, neuron):
+        super().__init__()
+        w = 64
+        self.conv1 = _conv(in_channels, w, 7, 2, 3)
+        self.bn1 = PerStep(nn.BatchNorm2d(w))
+        self.relu = neuron()
+        self.avgpool1 = TimeFolded(nn.AvgPool2d(3, 2, 1))
+        self.layer1 = _stage(w, w, stages[0], 1, neuron)
+        self.layer2 = _stage(w, 2 * w, stages[1], 2, neuron)
+        self.layer3 = _stage(2 * w, 4 * w, stages[2], 2, neuron)
+        self.layer4 = _stage(4 * w, 8 * w, stages[3], 2, neuron)
+        self.avgpool2 = TimeFolded(nn.AdaptiveAvgPool2d(1))
+        self.fc = PerStep(nn.Linear(8 * w, num_classes))
+
+    def forward(self, x):
+        x = self.avgpool1(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool2(x).flatten(2))
+
+
 class ModifiedResNet(nn.Module):
     """Their ``ResNet_Cifar_Modified`` (resnet20m): three-conv stem of 64 channels, AvgPool2d(2), four stages
     [2, 2, 2, 2] of 64..512 channels with "AvgDown" shortcuts, and the learnable ``scale`` (512 values).
