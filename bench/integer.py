@@ -11,9 +11,10 @@ For each shipped model (``models/*/folded.h5``) and thread count, in interleaved
 
 All three are the same engine and driver (only the arithmetic differs), so they run in one process,
 compiled before any timing; each measurement is the median of ``--reps`` runs of one batch of real
-test images (the first ``--batch`` of Fashion-MNIST's test split), each round measures every
-configuration in turn, and the report gives the median over rounds and the ratio to float32 of the
-same round. The quantised networks fire slightly differently from the float one (their rates and
+test images (the first ``--batch`` of Fashion-MNIST's test split). Within a round the three
+arithmetics of a model run call by call in turn (the order rotating), so a slow spell of a shared
+machine falls on all of them alike; the report gives the median over rounds and the ratio to float32
+of the same round, and the JSON the machine's load average after each round. The quantised networks fire slightly differently from the float one (their rates and
 synaptic operations are recorded beside the speed), so the ratio is of whole runs, not of kernels.
 Writes a JSON file and prints a Markdown table (bench/INTEGER.md holds the last committed run).
 """
@@ -82,18 +83,24 @@ def main() -> int:
                 "spikes": int(sum(v.sum() for v in c_.spikes_pos.values()) + sum(v.sum() for v in c_.spikes_neg.values()))
                 / len(x)}
     rows: dict[str, list] = {}
-    for _ in range(a.rounds):
+    load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+    for r in range(a.rounds):
         for th in a.threads:
             for m, cs in nets.items():
-                for name, c in cs.items():
-                    if isinstance(c, str):
-                        continue
-                    ts = []
-                    for _ in range(a.reps):
+                runs = [(name, c) for name, c in cs.items() if not isinstance(c, str)]
+                ts = {name: [] for name, _ in runs}
+                # the arithmetics call by call, in turn (the order rotating): on a shared machine a slow
+                # spell then falls on all three alike instead of on whichever ran its repetitions then
+                for k in range(a.reps):
+                    shift = (k + r) % len(runs)
+                    for name, c in runs[shift:] + runs[:shift]:
                         t0 = time.perf_counter()
                         simulate(c, x, threads=th)
-                        ts.append(time.perf_counter() - t0)
-                    rows.setdefault(f"{m}/{th}/{name}", []).append(len(x) / float(np.median(ts)))
+                        ts[name].append(time.perf_counter() - t0)
+                for name, t in ts.items():
+                    rows.setdefault(f"{m}/{th}/{name}", []).append(len(x) / float(np.median(t)))
+        if load:
+            load.append(os.getloadavg()[0])
     results = []
     for m, cs in nets.items():
         for th in a.threads:
@@ -123,11 +130,14 @@ def main() -> int:
             runs.append(tot)
         parts[name] = {k: float(np.median([r[k] for r in runs])) * 1e3 / len(x) for k in runs[0]}
     doc = {"machine": machine_info(), "batch": a.batch, "reps": a.reps, "rounds": a.rounds,
+           "load_average_1min": load,      # at the start and after each round: other work on the machine
            "configs": {k: v for k, v in CONFIGS.items()}, "results": results, "profile_ms_per_sample": parts}
     if a.out:
         a.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"CPU: {doc['machine']['cpu_model']} ({doc['machine']['microarchitecture']}), {doc['machine']['simd']}")
-    print(f"batch {a.batch} real test images, median of {a.reps} runs per round, {a.rounds} interleaved rounds\n")
+    print(f"batch {a.batch} real test images, median of {a.reps} runs per round (the arithmetics call by call "
+          f"in turn), {a.rounds} rounds" + (f"; 1-min load average {min(load):.1f}-{max(load):.1f}" if load else "")
+          + "\n")
     print("| model | threads | arithmetic | samples/s | ratio to float32 (median of rounds) | AC per sample |")
     print("|---|---|---|---|---|---|")
     for r in results:

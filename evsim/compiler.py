@@ -13,6 +13,12 @@ Each graph projection becomes one projection *kind* of :mod:`evsim.projections`
 * ``dense``: a projection from a direct-encoded input, evaluated once per
   sample (its multiply-accumulates are counted once).
 
+A pooled conv (format v3, :mod:`evsim.pooling`) becomes its composite conv as ``conv_rows``
+(every source neuron's count of synaptic operations taken from the exact pooled conv), plus, where
+the composite is not exact at the edges, a second compiled projection ``<name>/edge``: a ``csr``
+over those source neurons only, whose operations are not counted (``part_of``); with
+``conv_mode="explicit"`` it is one ``csr`` of the exact map.
+
 Here: the geometry, biases, the populations' constants, the order, and the
 checks that the run dtype holds every number. All index arithmetic is in the
 engine's channels-last order (:mod:`evsim.layout`). Shapes and dtypes are
@@ -25,14 +31,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .errors import NetworkError
-from .fixedpoint import INT16_BITS, leak, membrane_range
+from .fixedpoint import INT16_BITS, leak, membrane_range, readout_weight_dtype
 from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
 from .layout import cl_permutation
 from .limits import Limits
+from .pooling import composite_geometry, composite_weight, correction_bound, edge_columns
 from .projections import KINDS, conv_rows, conv_taps, csr, dense, identity
-from .projections.csr import DEFAULT_EXPLICIT_LIMIT_MB
+from .projections.csr import DEFAULT_EXPLICIT_LIMIT_MB, conv_explicit_csr
+from .projections.dense import conv_input_reach
 from .tuning import CHANNEL_MAJOR_WEIGHT_BYTES
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "int16": np.int16, "int32": np.int32}
@@ -97,6 +106,9 @@ class CompiledProjection:
     # the target), per input neuron in PyTorch order; the MACs of an event processor, which skips zeros
     input_reach: np.ndarray | None = None
     rescale: tuple[int, int] | None = None   # fixed point, direct input: current = (acc * mult) >> shift
+    # the edge correction of a pooled conv: the graph projection it belongs to. It runs as its own
+    # projection but is not one of the graph's: its events and operations are not counted or reported
+    part_of: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -137,6 +149,12 @@ class CompiledNetwork:
     # the same network flattened for the fused driver (evsim.program.Program), built by compile_network;
     # the projections' arrays above are views of its buffers, so the weights are held once
     program: Any = None
+
+    @property
+    def reported_projections(self) -> list[CompiledProjection]:
+        """The compiled projections that stand for the graph's projections, one each, in the graph's order:
+        what the counters and reports list (a pooled conv's edge correction is part of its projection)."""
+        return [cp for cp in self.projections if cp.part_of is None]
 
     @property
     def nbytes(self) -> int:
@@ -186,7 +204,63 @@ def choose_kind(pr: Projection, encoding: str, conv_mode: str) -> str:
         return dense.NAME
     if pr.kind == "linear" or conv_mode == "explicit":
         return csr.NAME
+    if pr.pool is not None:        # its counts come from the exact map, which conv_rows takes per neuron
+        return conv_rows.NAME
     return conv_rows.NAME if conv_rows.prefers_rows(pr.weight) else conv_taps.NAME
+
+
+def lower_pooled(pr: Projection, src_shape, tgt_shape, dt, conv_mode: str, explicit_limit_mb: float,
+                 limits: Limits):
+    """A pooled conv, lowered exactly (:mod:`evsim.pooling`): ``(geometry of the composite conv, its arrays,
+    the edge correction's CSR arrays or None, dense MACs)``.
+
+    ``conv_rows`` runs the composite conv; its per-neuron operation counts (``reach``) are those of the
+    exact map M: the composite's for every source neuron whose column it gets right, M's non-zeros
+    for the others. Their column difference ``M - composite`` is the correction, a CSR over those
+    source neurons only. ``explicit``: one CSR holding M itself (the composite's rows, the others
+    replaced by M's)."""
+    where = f"compiling pooled conv {pr.name!r}"
+    c_out, c_in, kh, kw = pr.weight.shape
+    kernel, stride, padding, (ho, wo) = composite_geometry(pr.pool, pr.weight.shape, src_shape, pr.stride, pr.padding)
+    limits.check_bytes(f"{where}: its composite {kernel[0]}x{kernel[1]} kernel ({c_out}x{c_in} channels)",
+                       8 * c_out * c_in * kernel[0] * kernel[1] * 2)
+    n_pos, n_syn = correction_bound(pr.pool, pr.weight.shape, src_shape, pr.stride, pr.padding)
+    limits.check_bytes(f"{where}: the exact columns of its {n_pos} edge positions (up to {n_syn} synapses)",
+                       40 * n_syn)
+    geom = ConvGeometry(c_in, src_shape[1], src_shape[2], c_out, ho, wo, kernel, stride, padding)
+    limits.check_bytes(f"{where}: its offset maps ({geom.h_in}x{kernel[0]} + {geom.w_in}x{kernel[1]} int32)",
+                       4 * (geom.h_in * kernel[0] + geom.w_in * kernel[1]))
+    hp, wp = pr.pool.output_hw(src_shape[1], src_shape[2])
+    cy, cx = ConvGeometry(c_in, hp, wp, c_out, ho, wo, (kh, kw), pr.stride, pr.padding).valid_counts()
+    dense_macs = int((cy[:, None] * cx[None, :]).sum() * c_in * c_out)     # the conv on the pooled map
+    k = composite_weight(pr.weight, pr.pool)
+    rows, cols, m_vals, d_vals = edge_columns(pr.weight, pr.pool, src_shape, pr.stride, pr.padding)
+    n_src, n_tgt = c_in * geom.h_in * geom.w_in, c_out * ho * wo
+    edge_rows = np.unique(rows)
+    if conv_mode == "explicit":
+        m = conv_explicit_csr(k, geom, np.float64, explicit_limit_mb).tocoo()
+        keep = ~np.isin(m.row, edge_rows)
+        nz = m_vals != 0
+        exact = sp.coo_matrix((np.concatenate([m.data[keep], m_vals[nz]]),
+                               (np.concatenate([m.row[keep], rows[nz]]), np.concatenate([m.col[keep], cols[nz]]))),
+                              shape=(n_src, n_tgt)).tocsr()
+        exact.sort_indices()
+        return geom, csr.csr_arrays(exact, dt), None, dense_macs
+    arrays = conv_rows.lower_weights(k, geom, dt)
+    arrays["row_map"] = geom.offset_maps()[0]
+    reach = conv_input_reach(k, geom).transpose(1, 2, 0).reshape(-1).astype(np.int64)
+    if rows.size:
+        reach[edge_rows] = 0
+        np.add.at(reach, rows, (m_vals != 0).astype(np.int64))
+    arrays["reach"] = np.ascontiguousarray(reach)
+    arrays["has_zeros"] = np.array(True)          # count from reach: the exact map's synapses
+    corr = None
+    nz = d_vals != 0
+    if nz.any():
+        mat = sp.csr_matrix((d_vals[nz], (rows[nz], cols[nz])), shape=(n_src, n_tgt))
+        mat.sort_indices()
+        corr = csr.csr_arrays(mat, dt)
+    return geom, arrays, corr, dense_macs
 
 
 def check_range(network: Network, dtype: str) -> None:
@@ -301,7 +375,8 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
         tgt = -1 if pr.target == READOUT else index[pr.target]
         cp = CompiledProjection(pr.name, pr.kind, "", src, tgt, scale=pr.scale)
         geom = None
-        if pr.kind == "conv2d":
+        correction = None
+        if pr.kind == "conv2d" and pr.pool is None:
             geom = conv_geometry(pr, src_shape, tgt_shape)
             cp.geometry = geom
             limits.check_bytes(f"compiling projection {pr.name!r}: its offset maps "
@@ -312,13 +387,17 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
         elif pr.kind == "linear":
             cp.dense_macs = int(pr.weight.size)
         cp.mode = choose_kind(pr, network.encoding, conv_mode)
-        if cp.mode == dense.NAME:
+        if pr.pool is not None:
+            cp.geometry, cp.arrays, correction, cp.dense_macs = lower_pooled(
+                pr, src_shape, tgt_shape, dt, conv_mode, explicit_limit_mb, limits)
+        elif cp.mode == dense.NAME:
             cp.arrays, cp.direct_macs, cp.input_reach = dense.lower(pr, geom, direct_dtype(network, pr, dt),
                                                                     src_shape, tgt_shape)
             if fx is not None:
                 cp.rescale = fx.rescale[pr.name]
         elif cp.mode == csr.NAME:
-            cp.arrays = csr.lower(pr, geom, dt, src_shape, tgt_shape, explicit_limit_mb)
+            wdt = readout_weight_dtype(network, dt) if tgt < 0 else dt     # an int16 run's readout: int32
+            cp.arrays = csr.lower(pr, geom, wdt, src_shape, tgt_shape, explicit_limit_mb)
         else:
             cp.arrays = KINDS[cp.mode].lower(pr, geom, dt)
         if pr.bias is not None:
@@ -338,6 +417,10 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             readout_incoming.append(i)
         else:
             incoming[tgt].append(i)
+        if correction is not None:       # runs after the composite, into the same target; not counted
+            incoming[tgt].append(len(cprojs))
+            cprojs.append(CompiledProjection(f"{pr.name}/edge", pr.kind, csr.NAME, src, tgt, arrays=correction,
+                                             part_of=pr.name))
     for cp in cprojs:
         if cp.source >= 0 and cp.mode in (conv_taps.NAME, conv_rows.NAME):
             w = cp.arrays.get("row_w", cp.arrays.get("tap_w"))

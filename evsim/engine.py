@@ -159,8 +159,9 @@ def _direct_current(net: CompiledNetwork, pi: int, x: np.ndarray) -> np.ndarray:
     cur = dense.current(cp, x, net.network.input_shape)
     if cp.rescale is not None:
         mult, shift = cp.rescale
-        cur = (cur.astype(np.int64) * np.int64(mult)) >> np.int64(shift)
-        return cur if cp.target < 0 else cur.astype(net.dtype)
+        out = np.empty(cur.shape, dtype=np.int64 if cp.target < 0 else net.dtype)
+        K.rescale_current(cur, np.int64(mult), np.int64(shift), out)
+        return out
     return cur
 
 
@@ -171,14 +172,11 @@ def output_dtype(net: CompiledNetwork):
 
 
 def readout_dtype(net: CompiledNetwork):
-    """The type the driver's readout accumulates the T steps of event-driven input in: the run's, unless a
-    fixed-point network's readout could outgrow it (then int64, which never saturates; the synaptic runs
-    then take the plain loops, whose types may differ)."""
-    g = net.network
-    if g.fixed_point is None:
-        return net.dtype
-    from .fixedpoint import readout_event_bound
-    return net.dtype if readout_event_bound(g) < np.iinfo(net.dtype).max else np.int64
+    """The type the driver's readout accumulates the T steps of event-driven input in
+    (:func:`evsim.fixedpoint.readout_accumulator`): the run's, unless a fixed-point network's readout could
+    outgrow it (then int32 or int64)."""
+    from .fixedpoint import readout_accumulator
+    return readout_accumulator(net.network, net.dtype)
 
 
 def _direct_currents(net: CompiledNetwork, x: np.ndarray) -> tuple[np.ndarray, list]:
@@ -210,6 +208,8 @@ def _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input
         counters.spikes_pos[p.name] = n_pos[i]
         counters.spikes_neg[p.name] = n_neg[i]
     for pi, cp in enumerate(net.projections):
+        if cp.part_of is not None:      # a pooled conv's edge correction: counted as part of it (COUNTING.md)
+            continue
         counters.events_in[cp.name] = events_in[pi]
         counters.synaptic_ops[cp.name] = syn_ops[pi]
         counters.macs[cp.name] = np.full(N, cp.direct_macs, dtype=np.int64)
@@ -237,7 +237,8 @@ def _take_workspace(prog, N, n_total, max_pop, dt):
     ws = cache.pop(N, None)
     if ws is None:
         ws = (memory.empty((N, n_total), dt), memory.empty((N, n_total), dt), memory.empty((N, max_pop), np.int8),
-              memory.empty((N, n_total), np.int32), memory.empty((N, n_total), np.int8))
+              memory.empty((N, n_total), np.int32), memory.empty((N, n_total), np.int8),
+              memory.empty((N, n_total if prog.pop_tally.any() else 0), np.uint8))
     return ws
 
 
@@ -279,7 +280,7 @@ def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, 
     prog = build_program(net)
     n_total = int(prog.pop_off[-1])
     ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt)
-    drive, v, frame, ev_idx, ev_sign = ws
+    drive, v, frame, ev_idx, ev_sign, tally = ws
     # the direct-input currents; the driver adds them to the biases, sample by sample (on its threads:
     # a batch's drive, filled here in serial NumPy, capped the two-thread speed-up at ~1.8x)
     t_direct = time.perf_counter()
@@ -315,7 +316,8 @@ def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, 
     ticks = np.zeros((n_groups, len(prog.steps) + 2) if profile else (n_groups, 0), dtype=np.int64)
     t_driver = time.perf_counter()
     K.run_network(T, spike_input, record, profile, n_groups, prog.samples_per_pass(N), prog.record,
-                  K.StateRecord(v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64)),
+                  K.StateRecord(v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64),
+                               tally),
                   K.InputRecord(xs, current, current_map),
                   K.CounterRecord(n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec, ticks))
     t_driver = time.perf_counter() - t_driver

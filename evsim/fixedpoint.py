@@ -240,6 +240,28 @@ def readout_event_bound(network: Network) -> float:
     return network.timesteps * per_step
 
 
+def readout_accumulator(network: Network, dtype) -> np.dtype:
+    """The type the engine's driver sums the readout's T steps of events in: the run's (``dtype``) for a
+    real network, or a fixed-point one whose readout sum fits it (:func:`readout_event_bound`); else int32
+    where the sum fits that (an int16 run then holds the readout's weights as int32 too: the vector runs
+    take one type), else int64, which never saturates (the synaptic runs then take the plain loops)."""
+    dtype = np.dtype(dtype)
+    if network.fixed_point is None:
+        return dtype
+    bound = readout_event_bound(network)
+    for t in (dtype, np.dtype(np.int32)):
+        if bound < np.iinfo(t).max:
+            return t
+    return np.dtype(np.int64)
+
+
+def readout_weight_dtype(network: Network, dtype) -> np.dtype:
+    """The type of the weights of a readout projection compiled for ``dtype``: the readout accumulator's
+    where it is int32 (:func:`readout_accumulator`), else ``dtype``."""
+    acc = readout_accumulator(network, dtype)
+    return acc if acc == np.int32 else np.dtype(dtype)
+
+
 def accumulator_bits(network: Network) -> int:
     """Signed bits one step's accumulator of the widest population can need: the membrane's own part
     (up to three membrane ranges for CUBA, plus a threshold for reset by subtraction), the biases and

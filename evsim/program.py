@@ -45,6 +45,7 @@ class Program:
     state_bytes: int = 0       # state touched per sample and timestep (membranes, drive, events, frames)
     bias: np.ndarray = None    # (n_total,) every population's folded biases at its offset: a sample's drive before input
     workspaces: dict = field(default_factory=dict)   # batch size -> state arrays reused between batches
+    pop_tally: np.ndarray = None   # (P,) int64 1: the driver counts this population's spikes per neuron (D_TALLY)
 
     @property
     def record(self):
@@ -52,7 +53,7 @@ class Program:
         from .kernels import ProgramRecord
         return ProgramRecord(self.steps, self.desc, self.scale, self.ibuf, self.i32buf, self.fbuf, self.pop_off,
                              self.pop_size, self.h_off, self.pop_code, self.pop_params, self.pop_fixed, self.pop_channels,
-                             self.pop_channel_major, self.bias)
+                             self.pop_channel_major, self.bias, self.pop_tally)
 
     def samples_per_pass(self, n_samples: int) -> int:
         """How many samples a thread takes through the timesteps together (the driver's ``chunk``).
@@ -147,11 +148,15 @@ def _build(net: CompiledNetwork) -> Program:
     pop_off = np.zeros(len(pops) + 1, dtype=np.int64)
     for i, n in enumerate(sizes):
         pop_off[i + 1] = pop_off[i] + _aligned(n, np.int8)
+    pop_tally = np.zeros(len(pops), dtype=np.int64)
+    for j in range(J):
+        if desc[j, T.D_TALLY] >= 0:
+            pop_tally[desc[j, T.D_SRC]] = 1       # the kinds set D_TALLY only for a population's events
     bias = np.zeros(int(pop_off[-1]), dtype=dt)
     for i, pop in enumerate(pops):
         bias[pop_off[i]:pop_off[i] + pop.size] = pop.bias
     return Program(
-        bias=bias,
+        bias=bias, pop_tally=pop_tally,
         steps=np.array(steps, dtype=np.int64).reshape(-1, 2),
         desc=desc, scale=scale, ibuf=ib.finish(memory.copy), i32buf=i32.finish(memory.copy), fbuf=fb.finish(memory.copy),
         pop_off=pop_off,

@@ -325,6 +325,54 @@ def test_scatter_csr_kernel(dt, prune, n_src):
     np.testing.assert_array_equal(ops, np.abs(frame) @ (dense != 0).sum(1))
 
 
+@pytest.mark.parametrize("dt", [np.int16, np.int32])
+def test_dense_rows_keep_the_matrix(dt):
+    """Rows holding at least half of the targets are stored over all of them, zeros included (one contiguous
+    run each, the vector path); the others as they were; ``row_ops`` holds each row's non-zeros. The kernel
+    adds the same integers either way."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(13)
+    n_src, n_tgt, n = 70, 19, 3
+    w = rng.integers(-9, 10, size=(n_src, n_tgt))
+    w[rng.random(w.shape) < 0.2] = 0
+    w[3] = 0                                               # no synapse
+    w[4, :5], w[4, 5:] = 3, 0                              # a quarter of the targets: left sparse
+    w[5, :] = 7                                            # full: unchanged
+    m = sp.csr_matrix(w.astype(dt))
+    m.eliminate_zeros()
+    a = csr.dense_rows(m, dt)
+    rows = np.diff(a["indptr"])
+    np.testing.assert_array_equal(a["row_ops"], np.count_nonzero(w, axis=1))
+    assert rows[3] == 0 and rows[4] == 5 and rows[5] == n_tgt
+    assert (rows[np.count_nonzero(w, axis=1) * 2 >= n_tgt] == n_tgt).all()
+    back = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=w.shape).toarray()
+    np.testing.assert_array_equal(back, w)
+    assert a["data"].dtype == dt and a["indices"].dtype == np.int32
+    frame = ternary(rng, (n, n_src), 0.5)
+    idx, sign, cnt = events_of(frame, rng)
+    acc0 = rng.integers(-1000, 1000, size=(n, n_tgt)).astype(dt)
+    acc, ops = acc0.copy(), np.zeros(n, dtype=np.int64)
+    csr.scatter_batch(idx, sign, cnt, a["indptr"], a["indices"], a["data"], acc, ops)
+    np.testing.assert_array_equal(acc, acc0 + frame.astype(np.int64) @ w)
+    np.testing.assert_array_equal(ops, np.abs(frame) @ rows)      # stored entries: the driver counts row_ops
+    assert csr.dense_rows(sp.csr_matrix(np.ones((4, 6), dt)), dt) is None
+
+
+@pytest.mark.parametrize("top", [9 * 64, 40_000])
+def test_tally_tables_count_as_the_per_neuron_counts(top):
+    """The driver's table of synaptic operations per source neuron: int16 where every count fits, int64
+    otherwise; either way operations = counts x spikes."""
+    from evsim.projections.table import tally_table
+    rng = np.random.default_rng(top)
+    for n in (0, 1, 5, 4099):
+        ops = rng.integers(0, top + 1, n)
+        spikes = rng.integers(0, 256, n).astype(np.uint8)
+        t = tally_table(ops)
+        assert t[0] == n and t[1] == (16 if n == 0 or ops.max() < 2 ** 15 else 64)
+        assert n < 4099 or t[1] == (16 if top < 2 ** 15 else 64)
+        assert K._tally_ops(t, spikes) == int(ops @ spikes.astype(np.int64))
+
+
 @pytest.mark.parametrize("dt", DTYPES)
 def test_scatter_identity_kernel(dt):
     rng = np.random.default_rng(12)

@@ -289,7 +289,8 @@ HOSTILE = {
     "accumulator lie": (_edit_json(accumulator_bits=16), NetworkError, "accumulator_bits is 16"),
     "rescale overflow": (_edit_json(rescale={"stem.conv": [2 ** 61, 0]}), NetworkError, "overflow 64 bits"),
     "v1 with fixed_point": (_set("format_version", np.int64(1)), FormatError, "needs version 2"),
-    "v3": (_set("format_version", np.int64(3)), FormatError, "format version 3 is not supported"),
+    "v3 with fixed_point": (_set("format_version", np.int64(3)), FormatError, "needs version 2"),
+    "v4": (_set("format_version", np.int64(4)), FormatError, "format version 4 is not supported"),
 }
 
 
@@ -425,3 +426,117 @@ def test_cli_quantize_refuses_bad_input_in_one_line(tmp_path, shipped_q8):
     err = one_line_error(invoke("quantize", "-w", SHIPPED / "folded.h5", "--weight-bits", 16, "--membrane-bits", 32,
                                 "-o", tmp_path / "qq.h5"))
     assert "more than 32" in err and not (tmp_path / "qq.h5").exists()
+
+
+# ------------------------------------------------------------------ the fast paths give the same numbers
+def _nonzero_ops(q: Network, x: np.ndarray, r) -> dict:
+    """Each projection's synaptic operations per sample, from the recorded spikes: every event costs its
+    neuron's non-zero synapses (tests/reference.py's count)."""
+    import reference
+    from evsim.graph import INPUT
+    out = {}
+    for pr in q.projections:
+        if pr.source == INPUT:
+            if q.encoding == "direct":
+                continue
+            nz = np.moveaxis(x != 0, 1, 0)                       # (T, N, *shape)
+        else:
+            nz = r.spikes[pr.source] != 0
+        reach = reference.reach(pr, q.shape_of(pr.source))
+        out[pr.name] = (nz * reach[None, None]).reshape(nz.shape[0], nz.shape[1], -1).sum(axis=(0, 2))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int16"])
+@pytest.mark.parametrize("make", ["residual", "mlp"])
+@pytest.mark.parametrize("encoding", ["direct", "spikes"])
+def test_counters_are_the_nonzero_synapses_of_the_spikes(make, encoding, dtype):
+    """Quantisation rounds weights to zero; zero weights are added (the runs stay whole: conv rows, dense
+    CSR rows) but count no operation. The driver counts them from per-neuron spike tallies, the kernels
+    per event where the source is the input: both equal the reference's count."""
+    net = (networks.residual_net(encoding=encoding, prune=0.3) if make == "residual"
+           else networks.mlp_net(encoding=encoding, hidden=24, prune=0.3))
+    x = networks.random_input(net, 3, seed=7)
+    q = quantize(net, 3, membrane_bits=10)
+    assert any(np.count_nonzero(pr.weight == 0) for pr in q.projections if pr.weight is not None)
+    r = same_as_reference(q, x, dtype)
+    want = _nonzero_ops(q, x, r)
+    for name, ops in want.items():
+        np.testing.assert_array_equal(r.counters.synaptic_ops[name], ops, err_msg=name)
+    assert sum(int(v.sum()) for v in want.values()) > 0
+
+
+def test_spike_tallies_flush_before_they_overflow():
+    """A neuron's spikes are tallied in a byte between flushes: over 255 steps, with neurons firing at every
+    step, the count is still exact (and the profiled run counts the same)."""
+    net = networks.mlp_net(encoding="spikes", timesteps=300, hidden=24, prune=0.3)
+    for p in net.projections:
+        if p.target == "h1":
+            p.bias = np.full(p.weight.shape[0], 4.0)          # h1 fires at every step
+    x = networks.random_input(net, 2, seed=3)
+    q = quantize(net, 4, membrane_bits=12)
+    cn = compile_network(q, "int32")
+    assert cn.program.pop_tally.any()
+    r = simulate(cn, x, record=True)
+    assert int(np.count_nonzero(r.spikes["h1"], axis=0).max()) > 255
+    want = _nonzero_ops(q, x, r)
+    rp = simulate(cn, x, profile=True)
+    for name, ops in want.items():
+        np.testing.assert_array_equal(r.counters.synaptic_ops[name], ops, err_msg=name)
+        np.testing.assert_array_equal(rp.counters.synaptic_ops[name], ops, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("model", ["ternary_lif", "binary_lif", "binary_lif_sub"])
+def test_narrow_neuron_update_is_the_int64_update(model, dtype):
+    """Ternary and binary LIF with a leak 2**-n update in the state's own type: every membrane and spike
+    as the int64 update gives them, at saturation, for shifts up to past the type's width, and (through the
+    int64 loop) for thresholds the type cannot hold."""
+    from evsim import kernels as K
+    from evsim.neurons import neuron_model
+    code = neuron_model(model).code
+    info = np.iinfo(dtype)
+    bits = info.bits
+    rng = np.random.default_rng(bits)
+    n = 1000 + 37
+    for m_bits, th, shift in [(bits, 100, 2), (bits - 4, 300, 0), (bits, info.max, 3), (bits, 1, bits - 1),
+                              (bits, 50, bits + 5), (bits - 2, info.max + 10, 2), (8, 0, 1), (bits, -5, 2)]:
+        lo, hi = -(1 << (m_bits - 1)), (1 << (m_bits - 1)) - 1
+        v0 = rng.integers(info.min, info.max, n, endpoint=True).astype(dtype)
+        v0[:8] = [info.min, info.max, lo, hi, th % (info.max + 1), 0, -1, 1]
+        drive = rng.integers(info.min, info.max, n, endpoint=True).astype(dtype)
+        u = np.clip(v0.astype(np.int64), lo, hi)
+        p = u >= th
+        q = (u <= -th) if model == "ternary_lif" else np.zeros(n, bool)
+        if model == "binary_lif_sub":
+            want = (u >> shift) - np.where(p, th, 0) + drive
+        else:
+            want = (np.where(p | q, 0, u) >> min(shift, 63)) + drive
+        v, frame = v0.copy(), np.zeros(n, np.int8)
+        idx, sign = np.zeros(n, np.int32), np.zeros(n, np.int8)
+        prm = np.array([1, th, 0, 0, 0], np.int64)
+        fxp = np.array([12, lo, hi, 1, shift], np.int64)
+        cnt, pos, neg = K.fire_fixed(code, prm, fxp, v, v[:0], drive, frame, 1, False, idx, sign)
+        np.testing.assert_array_equal(v, want.astype(dtype), err_msg=f"{m_bits} {th} {shift}")
+        spikes = p.astype(np.int8) - q.astype(np.int8)
+        np.testing.assert_array_equal(frame, spikes)
+        assert (cnt, pos, neg) == (int(np.count_nonzero(spikes)), int((spikes > 0).sum()), int((spikes < 0).sum()))
+
+
+def test_int16_readout_sums_in_int32():
+    """The shipped model at 12-bit membranes runs in int16; its readout's T-step sum needs more than 16 bits,
+    so the readout accumulates in int32, its weights held as int32 (the vector runs take one type): the
+    same spikes, outputs and counters as the int32 run, both as the integer reference."""
+    from evsim.engine import readout_dtype
+    q = quantize(read_network(SHIPPED / "folded.h5"), 8, membrane_bits=12)
+    x = np.load(SHIPPED / "samples" / "batch8.npy")[:3]
+    c16 = compile_network(q, "int16")
+    assert readout_dtype(c16) == np.int32
+    fc = next(cp for cp in c16.projections if cp.target < 0)
+    assert fc.arrays["data"].dtype == np.int32 and "row_ops" in fc.arrays     # zeros stored, counted by tallies
+    r16 = same_as_reference(q, x, "int16")
+    r32 = same_as_reference(q, x, "int32")
+    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops"):
+        for k, v in getattr(r32.counters, attr).items():
+            np.testing.assert_array_equal(getattr(r16.counters, attr)[k], v, err_msg=f"{attr} {k}")
+    np.testing.assert_array_equal(r16.counters.synaptic_ops["layers.6"], _nonzero_ops(q, x, r16)["layers.6"])

@@ -17,7 +17,8 @@ from ..jitcache import PARALLEL, SERIAL
 from ..tuning import ROWS_OVER_TAPS_MAX_EMPTY
 from .dense import conv_input_reach
 from .positions import divider
-from .table import D_C_IN, D_C_OUT, D_FLAG, D_H_IN, D_KH, D_KW, D_O1, D_O2, D_O3, D_O4, D_W_IN, D_W_OUT
+from .table import (D_C_IN, D_C_OUT, D_FLAG, D_H_IN, D_KH, D_KW, D_O1, D_O2, D_O3, D_O4, D_TALLY, D_W_IN, D_W_OUT,
+                    tally_table)
 
 NAME = "conv_rows"
 CODE = 1
@@ -92,6 +93,12 @@ def pack(cp, j, desc, scale, ib, i32, fb) -> None:
     d[D_O3] = ib.add(a, "reach")
     d[D_O4] = ib.add(a, "col_plan")
     d[D_FLAG] = int(a["has_zeros"])
+    if a["has_zeros"] and cp.source >= 0:
+        # events from a population: the driver counts the non-zero synapses from its spike tallies (reach
+        # times each neuron's spikes, once per sample), the kernel skips its per-event pass over reach
+        a["tally"] = tally_table(a["reach"])
+        d[D_TALLY] = ib.add(a, "tally")
+        d[D_FLAG] = 0
 
 
 @njit(**SERIAL)

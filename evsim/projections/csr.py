@@ -1,4 +1,5 @@
-"""csr: explicit synapses, one row of (target, weight) per presynaptic neuron (zeros dropped).
+"""csr: explicit synapses, one row of (target, weight) per presynaptic neuron (zeros dropped, but see
+:func:`dense_rows`).
 
 A linear projection fed by spikes, or a conv lowered neuron by neuron (``--conv-mode explicit``,
 memory-guarded). Lowering (:func:`lower`), packing (:func:`pack`), the kernel and its decoding
@@ -10,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
+from numba.core import types
+from numba.extending import overload
 
 from ..errors import NetworkError
+from ..graph import INPUT
 from ..intrinsics import add_runs
 from ..jitcache import PARALLEL, SERIAL
 from ..layout import linear_weight_cl
 from ..tuning import CSR_GROUP
-from .table import D_N, D_O1, D_O2, D_O3
+from .table import D_FLAG, D_N, D_O1, D_O2, D_O3, D_TALLY, tally_table
 
 NAME = "csr"
 CODE = 2
@@ -82,16 +86,53 @@ def conv_explicit_csr(weight: np.ndarray, geom, dtype,
     return m
 
 
-def _csr_arrays(m: sp.csr_matrix, dtype) -> dict:
+def csr_arrays(m: sp.csr_matrix, dtype) -> dict:
+    """The arrays :func:`csr` reads, of a CSR matrix whose rows are presynaptic neurons (channels-last)."""
     return dict(indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32),
                 data=np.ascontiguousarray(m.data.astype(dtype)))
 
 
+def dense_rows(m: sp.csr_matrix, dtype) -> dict | None:
+    """The arrays of ``m`` with every row that holds at least half of the targets stored over all of them,
+    zeros included, plus ``row_ops``, each row's synaptic operations (its non-zeros); None when no row
+    changes. A dense linear layer of which quantisation rounded a few weights to zero then keeps one
+    contiguous run per row, which :func:`csr` adds with the vector runs (each zero row entry left the
+    row to the scalar loop, and ended the group of events around it); the padding adds at most as many
+    additions of 0 as the row has synapses. Integer weights only (adding 0 changes no integer; a float
+    -0.0 would become +0.0)."""
+    n_src, n_tgt = m.shape
+    nnz = np.diff(m.indptr)
+    pad = (nnz < n_tgt) & (2 * nnz >= n_tgt) & (nnz > 0)
+    if not pad.any():
+        return None
+    length = np.where(pad, n_tgt, nnz)
+    indptr = np.zeros(n_src + 1, dtype=np.int64)
+    np.cumsum(length, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    data = np.empty(indptr[-1], dtype=dtype)
+    row_of = np.repeat(np.arange(n_src), nnz)
+    keep = ~pad[row_of]                                   # entries of the rows left as they are
+    at = indptr[row_of[keep]] + (np.flatnonzero(keep) - m.indptr[row_of[keep]])
+    indices[at] = m.indices[keep]
+    data[at] = m.data[keep]
+    rows = np.flatnonzero(pad)
+    at = (indptr[rows][:, None] + np.arange(n_tgt)[None, :]).ravel()
+    indices[at] = np.tile(np.arange(n_tgt, dtype=np.int32), rows.size)
+    data[at] = m[rows].toarray().astype(dtype).ravel()
+    return dict(indptr=indptr, indices=indices, data=data, row_ops=nnz.astype(np.int64))
+
+
 def lower(pr, geom, dtype, source_shape, target_shape, explicit_limit_mb=DEFAULT_EXPLICIT_LIMIT_MB) -> dict:
-    """The arrays of a linear projection (``geom`` None) or of a conv lowered neuron by neuron."""
+    """The arrays of a linear projection (``geom`` None) or of a conv lowered neuron by neuron.
+
+    A fixed-point linear projection fed by a population stores its nearly dense rows with their zeros
+    (:func:`dense_rows`); its operations are then counted from the source's spike tallies with
+    ``row_ops`` (:data:`evsim.projections.table.D_TALLY`), as the kernel cannot tell a stored zero."""
     if geom is None:
-        return _csr_arrays(linear_csr(pr.weight, source_shape, target_shape, dtype), dtype)
-    return _csr_arrays(conv_explicit_csr(pr.weight, geom, dtype, explicit_limit_mb), dtype)
+        m = linear_csr(pr.weight, source_shape, target_shape, dtype)
+        padded = dense_rows(m, dtype) if np.dtype(dtype).kind == "i" and pr.source != INPUT else None
+        return padded if padded is not None else csr_arrays(m, dtype)
+    return csr_arrays(conv_explicit_csr(pr.weight, geom, dtype, explicit_limit_mb), dtype)
 
 
 def pack(cp, j, desc, scale, ib, i32, fb) -> None:
@@ -99,16 +140,27 @@ def pack(cp, j, desc, scale, ib, i32, fb) -> None:
     a = cp.arrays
     d[D_O1] = ib.add(a, "indptr")
     d[D_O2] = i32.add(a, "indices")
-    d[D_O3] = fb.add(a, "data")
+    # int32 weights in an int16 network: the readout's, in the type of its accumulator (the vector runs
+    # take one type), held in the int32 buffer
+    wide = a["data"].dtype != fb.dtype
+    if wide and a["data"].dtype != np.int32:
+        raise ValueError(f"csr weights of type {a['data'].dtype} in a {fb.dtype} program")
+    d[D_O3] = (i32 if wide else fb).add(a, "data")
+    d[D_FLAG] = int(wide)
     d[D_N] = a["indptr"].shape[0] - 1
+    if "row_ops" in a:               # stored zeros: the driver counts from the source's spike tallies
+        assert cp.source >= 0
+        a["tally"] = tally_table(a["row_ops"])
+        d[D_TALLY] = ib.add(a, "tally")
 
 
 @njit(**SERIAL)
 def csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc):
     """Scatter one sample's events through explicit CSR rows (row = presynaptic neuron).
 
-    Stored zeros are not kept in the CSR, so each row entry is one synaptic
-    operation. ``acc``: flat (n_target,). Column indices are sorted and
+    Each row entry is one synaptic operation, as the CSR keeps no zeros (where
+    :func:`dense_rows` stored some, the driver counts the operations instead and
+    ignores this count). ``acc``: flat (n_target,). Column indices are sorted and
     unique within a row (as the compiler builds them), so a row whose first
     and last index lie ``len - 1`` apart covers a contiguous range of
     targets, as every row of a dense linear layer does. Consecutive events
@@ -166,9 +218,32 @@ def scatter_packed(j, desc, scale, ibuf, i32buf, fbuf, ev_idx, ev_sign, cnt, acc
     nnz = indptr[n_rows]
     o = desc[j, D_O2]
     indices = i32buf[o:o + nnz]
-    o = desc[j, D_O3]
-    data = fbuf[o:o + nnz]
+    return _with_weights(desc[j, D_O3], desc[j, D_FLAG] != 0, nnz, fbuf, i32buf, ev_idx, ev_sign, cnt, indptr,
+                         indices, acc)
+
+
+def _with_weights(o, wide, nnz, fbuf, i32buf, ev_idx, ev_sign, cnt, indptr, indices, acc):
+    """:func:`csr` with the weights at ``o``: in the int32 buffer when ``wide`` (an int16 network's readout,
+    held in its int32 accumulator's type), else in the engine's. (This body runs only under
+    NUMBA_DISABLE_JIT.)"""
+    data = i32buf[o:o + nnz] if wide else fbuf[o:o + nnz]
     return csr(ev_idx, ev_sign, cnt, indptr, indices, data, acc)
+
+
+@overload(_with_weights, inline="always")
+def _with_weights_typed(o, wide, nnz, fbuf, i32buf, ev_idx, ev_sign, cnt, indptr, indices, acc):
+    # Wide weights exist only where the accumulator is int32 and the engine's type is not: every other
+    # accumulator compiles the engine's weights alone (no second, dead specialisation of the kernel)
+    if acc.dtype == types.int32 and fbuf.dtype != types.int32:
+        def either(o, wide, nnz, fbuf, i32buf, ev_idx, ev_sign, cnt, indptr, indices, acc):
+            if wide:
+                return csr(ev_idx, ev_sign, cnt, indptr, indices, i32buf[o:o + nnz], acc)
+            return csr(ev_idx, ev_sign, cnt, indptr, indices, fbuf[o:o + nnz], acc)
+        return either
+
+    def engine(o, wide, nnz, fbuf, i32buf, ev_idx, ev_sign, cnt, indptr, indices, acc):
+        return csr(ev_idx, ev_sign, cnt, indptr, indices, fbuf[o:o + nnz], acc)
+    return engine
 
 
 @njit(**PARALLEL)
