@@ -315,6 +315,8 @@ def info(weights, as_json):
             d["nonzero"] = int(np.count_nonzero(pr.weight))
         if pr.kind == "conv2d":
             d["stride"], d["padding"] = list(pr.stride), list(pr.padding)
+            if pr.pool is not None:
+                d["pool"] = pr.pool.to_dict()
         if pr.kind == "identity":
             d["scale"] = pr.scale
         d["bias"] = pr.bias is not None
@@ -352,6 +354,8 @@ def info(weights, as_json):
         detail = ""
         if d["kind"] == "conv2d":
             detail = f"k={d['weight_shape'][2]}x{d['weight_shape'][3]} s={d['stride'][0]} p={d['padding'][0]}"
+            if "pool" in d:
+                detail = f"{g.projections[len(rows)].pool.describe()}, then {detail}"
         elif d["kind"] == "identity":
             detail = f"scale={d['scale']:g}"
         rows.append([d["name"], d["kind"], f"{d['source']} -> {d['target']}",
@@ -397,6 +401,10 @@ def quantize(weights, weight_bits, membrane_bits, frac_bits, input_bits, scale_r
     from .format import read_network, write_network
     check_writable_target(out, force)
     network = read_network(weights)
+    pooled = [pr.name for pr in network.projections if pr.pool is not None]
+    if pooled:
+        raise EvsimError(f"projection {pooled[0]!r} is a pooled conv (format v3): evsim quantize does not quantise "
+                         f"average pooling before a conv; run the network in float32 or float64")
     q = quantize_fn(network, weight_bits, membrane_bits=membrane_bits, frac_bits=frac_bits, input_bits=input_bits,
                     scale_rule=scale_rule)
     write_network(q, out, overwrite=force)
@@ -464,6 +472,12 @@ def nfashion_mnist(out, split, limit, seed, noise_hz, threshold, refractory_us, 
 @click.option("--qat-bits", type=click.IntRange(2, 16),
               help="Quantisation-aware: train the folded network as `evsim quantize --weight-bits N` makes it "
                    "(evsim/bridge/qat.py; LIF neurons). Then export and quantise with the same N.")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "nfashion-mnist"]), default="fashion-mnist",
+              show_default=True, help="nfashion-mnist: the synthetic event-camera version (`evsim datasets "
+                                      "nfashion-mnist`, seed 0), binned into T frames as `evsim run --events` does; "
+                                      "the network is spike-encoded.")
+@click.option("--event-channels", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="Event data: 2 = OFF and ON events as +1 spikes in two channels, 1 = the sign of ON - OFF.")
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training images.")
 @click.option("--test-limit", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")
 @click.option("--threads", type=click.IntRange(min=1), help="PyTorch CPU threads.")
@@ -471,14 +485,20 @@ def nfashion_mnist(out, split, limit, seed, noise_hz, threshold, refractory_us, 
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @user_errors
-def train(out, force, **kw):
-    """Train a spiking network on Fashion-MNIST (needs the torch extra)."""
+def train(out, force, event_channels, **kw):
+    """Train a spiking network on Fashion-MNIST or its event-camera form (needs the torch extra).
+
+    The full training state is kept in OUT.resume after every epoch: the same command, run again
+    after an interruption, goes on from the last finished epoch (and removes it when done)."""
     need_torch()
     from .files import check_writable_target
-    check_writable_target(out, force, "checkpoint")     # before training, not after it
+    resume = out + ".resume"
+    if not os.path.exists(resume):
+        check_writable_target(out, force, "checkpoint")     # before training, not after it
     from .bridge.train import TrainConfig, save_checkpoint, train as train_fn
-    cfg = TrainConfig(**kw)
-    model, record = train_fn(cfg, out=out, force=force)
+    cfg = TrainConfig(event_channels=int(event_channels), **kw)
+    model, record = train_fn(cfg, out=out, force=force or os.path.exists(resume), resume=resume)
+    os.remove(resume)
     record["command"] = " ".join(["evsim"] + sys.argv[1:])
     save_checkpoint(out, model, record, force=True)      # this run's own checkpoint, written after each epoch
     click.echo(f"wrote {out}: test accuracy (PyTorch) {record['history'][-1]['test_acc_torch'] * 100:.2f}%")
@@ -535,16 +555,20 @@ def export(network_file, checkpoint, to, dt, out, force):
 @click.option("--input", "-i", "input_path", type=click.Path(dir_okay=False),
               help="Samples (.npy). Required for evsim checkpoints; with --from, defaults to --samples random images; "
                    "for a fixed-point file, to the first --samples Fashion-MNIST test images.")
+@click.option("--events", "events_path", type=click.Path(),
+              help="Instead of --input: an event stream, binned as `evsim run --events` bins it (its first "
+                   "--samples samples).")
+@click.option("--window-us", type=click.IntRange(min=1), help="With --events: fixed windows (as evsim run).")
 @click.option("--from", "source", type=click.Choice(["ternary-spike", "ctsn"]),
               help="CHECKPOINT is a state_dict of the papers' training code (see evsim import).")
 @click.option("--arch", help="With --from: the architecture (as given to evsim import).")
 @click.option("--samples", type=click.IntRange(min=1, max=10_000), default=8, show_default=True,
               help="Without --input: this many seeded standard-normal images (--from) or Fashion-MNIST test "
-                   "images (a fixed-point file).")
+                   "images (a fixed-point file); with --events, the first this many streams.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, as_json):
+def verify(weights, checkpoint, input_path, events_path, window_us, source, arch, samples, batch_size, as_json):
     """Check that the engine reproduces the PyTorch model spike for spike (needs torch).
 
     A fixed-point file needs no checkpoint: its reference is the integer PyTorch model of the file itself,
@@ -553,6 +577,14 @@ def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, a
     from .bridge.checkpoint import load_checkpoint
     from .bridge.verify import format_verification, verify as verify_fn
     from .format import read_network
+    if events_path is not None:
+        if input_path is not None:
+            raise click.UsageError("give --input or --events, not both")
+        from .events import load_events_for_network
+        frames, _ = load_events_for_network(events_path, read_network(weights), window_us, limit=samples)
+        input_path = frames          # the binned frames stand in for --input below
+    elif window_us is not None:
+        raise click.UsageError("--window-us goes with --events")
     if checkpoint is None:
         network = read_network(weights)
         if network.fixed_point is None:
@@ -561,7 +593,7 @@ def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, a
         _verify_fixed(network, input_path, source, arch, samples, batch_size, as_json)
         return
     if source is None and (arch is not None or input_path is None):
-        raise click.UsageError("--arch goes with --from" if arch is not None else "give --input (samples as .npy)")
+        raise click.UsageError("--arch goes with --from" if arch is not None else "give --input (samples as .npy) or --events")
     if source is not None and arch is None:
         raise click.UsageError("--from needs --arch")
     network = read_network(weights)
@@ -573,7 +605,7 @@ def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, a
     else:
         from .bridge.papers import model_for_network, sample_inputs
         model = model_for_network(checkpoint, source, arch, network)
-    x = load_array(input_path) if input_path else sample_inputs(network.input_shape, samples)
+    x = _samples_of(input_path) if input_path is not None else sample_inputs(network.input_shape, samples)
     result = verify_fn(model, network, x, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -583,14 +615,19 @@ def verify(weights, checkpoint, input_path, source, arch, samples, batch_size, a
         sys.exit(1)
 
 
+def _samples_of(input_path):
+    """--input's array, or the frames --events was binned into."""
+    return input_path if isinstance(input_path, np.ndarray) else load_array(input_path)
+
+
 def _verify_fixed(network, input_path, source, arch, samples, batch_size, as_json):
     """evsim verify of a fixed-point file: the engine against the integer reference, on --input or on the
     first Fashion-MNIST test images."""
     from .bridge.verify import format_fixed_verification, verify_fixed
     if source is not None or arch is not None:
         raise click.UsageError("--from and --arch go with --checkpoint")
-    if input_path:
-        x = load_array(input_path)
+    if input_path is not None:
+        x = _samples_of(input_path)
     elif network.encoding == "direct" and tuple(network.input_shape) == (1, 28, 28):
         from .datasets import load_dataset
         x = load_dataset("fashion-mnist", "test")[0][:samples]
@@ -633,7 +670,7 @@ def convert_checkpoint(checkpoint, out, trust, force):
               help="The training code: yfguo91/Ternary-Spike or ZBX05/Enhanced-TernarySNN (CTSN); or nir: "
                    "GRAPH is a NIR file (snnTorch, Norse, Sinabs...; docs/NIR.md).")
 @click.option("--arch",
-              help="ternary-spike: resnet19, resnet20, resnet20m, vgg16; ctsn: vgg11, vgg16 "
+              help="ternary-spike: resnet18, resnet34, resnet19, resnet20, resnet20m, vgg16; ctsn: vgg11, vgg16 "
                    "(others are refused with the reason).")
 @click.option("--timesteps", "-T", type=click.IntRange(min=1, max=10_000),
               help="T the model runs for (their --step; nir: default 10).")
@@ -641,7 +678,8 @@ def convert_checkpoint(checkpoint, out, trust, force):
               help="state_dict saved by their training script (.pth).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Folded network to write (.h5).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Outputs (default: read off the classifier).")
-@click.option("--input-shape", help="C,H,W of one image (default: C of the first conv, 32x32).")
+@click.option("--input-shape", help="C,H,W of one image (default: C of the first conv, 32x32; 224x224 for the "
+                                    "ImageNet resnet18 and resnet34).")
 @click.option("--ctsn-form", type=click.Choice(["static", "event"]), default="static", show_default=True,
               help="ctsn: the complemental term's form (their 'static', or 'dvs' = event).")
 @click.option("--dt", type=click.FloatRange(min=0, min_open=True),

@@ -18,8 +18,10 @@ FASHION_MNIST_DIR = Path(os.environ.get("EVSIM_FASHION_MNIST", "/usr/share/datas
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DATASETS = ("fashion-mnist",)
+EVENT_DATASETS = ("nfashion-mnist",)      # synthetic event streams, binned into frames for training
 # what a network trained on each dataset expects; recorded in the exported file
-DATASET_INFO = {"fashion-mnist": {"class_names": FASHION_MNIST_CLASSES, "input_range": (0.0, 1.0)}}
+DATASET_INFO = {"fashion-mnist": {"class_names": FASHION_MNIST_CLASSES, "input_range": (0.0, 1.0)},
+                "nfashion-mnist": {"class_names": FASHION_MNIST_CLASSES}}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -63,6 +65,34 @@ def load_dataset(name: str, split: str = "test"):
 
 
 # ------------------------------------------------- synthetic event data (evsim/eventcam.py)
+def nfashion_frames(split: str, timesteps: int, channels: int = 2, seed: int = 0, limit: int | None = None,
+                    cfg=None, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic N-Fashion-MNIST binned into frames for training: ``(N, T, C, H, W)`` int8 and labels.
+
+    The same events as ``evsim datasets nfashion-mnist`` writes with this ``seed`` and camera (each
+    image's stream depends only on its index and the seed), binned as ``evsim run --events`` bins them
+    (:func:`evsim.events.bin_events`: T equal windows over each sample's span), so a network trained on
+    these frames is evaluated on exactly the input the engine sees from the written files. Made chunk by
+    chunk: the events of all 60 000 training images (about 4 GB) never exist at once.
+    """
+    from .eventcam import CameraConfig, record_images
+    from .events import EventStreams, bin_events
+
+    cfg = cfg or CameraConfig()
+    images, labels = load_fashion_mnist(split)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    H, W = cfg.sensor
+    frames = np.empty((len(images), int(timesteps), int(channels), H, W), dtype=np.int8)
+    for a in range(0, len(images), chunk):
+        ev = record_images(images[a:a + chunk, 0], seed=seed, cfg=cfg, first_index=a)
+        n = min(chunk, len(images) - a)
+        streams = EventStreams(ev["t"].astype(np.int64), ev["x"].astype(np.int32), ev["y"].astype(np.int32),
+                               ev["p"] == 1, ev["sample"].astype(np.int64), n, f"nfashion-mnist {split}", (H, W))
+        frames[a:a + n] = bin_events(streams, timesteps, channels, H, W)[0]
+    return frames, labels
+
+
 NFASHION_FILES = ("{split}_events.npy", "{split}_labels.npy", "{split}_meta.json")
 
 

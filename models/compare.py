@@ -1,6 +1,11 @@
 """Neuron comparison on Fashion-MNIST: binary LIF, ternary (fixed / learnable amplitude), CTSN, CTSN + TMPR.
 
     python models/compare.py [--arch convnet] [--width 16] [--epochs 2] [--seeds 0 1] [--out models/comparison]
+    python models/compare.py --dataset nfashion-mnist [...] --out models/comparison-events
+
+On the event data (the synthetic N-Fashion-MNIST of evsim.datasets, binned into T frames of OFF and
+ON spikes) the variants are binary LIF, ternary with learnable amplitude, the CTSN event form, and
+the CTSN event form + TMPR (lambda 0.01, the CTSN paper's setting for event data).
 
 Same architecture, T, epochs, data and seeds for every variant. Each model
 is trained (evsim.bridge.train), folded and exported to HDF5, and then
@@ -24,7 +29,6 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 
 VARIANTS = {
     # name: (neuron, tmpr lambda)
@@ -34,9 +38,15 @@ VARIANTS = {
     "CTSN": ("ctsn", 0.0),
     "CTSN + TMPR": ("ctsn", 0.05),
 }
+EVENT_VARIANTS = {
+    "binary LIF": ("binary", 0.0),
+    "ternary, learnable a": ("ternary", 0.0),
+    "CTSN event": ("ctsn-event", 0.0),
+    "CTSN event + TMPR": ("ctsn-event", 0.01),
+}
 
 
-def measure(model, record, out_h5: Path, x_test, y_test) -> dict:
+def measure(model, record, out_h5: Path, x_test, y_test, dataset="fashion-mnist") -> dict:
     from evsim.bridge.fold import fold_model
     from evsim.bridge.verify import verify
     from evsim.compiler import compile_network
@@ -45,8 +55,8 @@ def measure(model, record, out_h5: Path, x_test, y_test) -> dict:
     from evsim.format import write_network
     from evsim.reports import build_report
 
-    meta = DATASET_INFO["fashion-mnist"]
-    network = fold_model(model, class_names=meta["class_names"], input_range=meta["input_range"],
+    meta = DATASET_INFO[dataset]
+    network = fold_model(model, class_names=meta["class_names"], input_range=meta.get("input_range"),
                          provenance={"training": record, "made_by": "models/compare.py"})
     write_network(network, out_h5, overwrite=True)
     net = compile_network(network, "float64")
@@ -79,7 +89,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "nfashion-mnist"],
+                    help="nfashion-mnist: the synthetic event data (2-channel frames, T windows)")
+    ap.add_argument("--variants", nargs="+", default=None, choices=list(dict.fromkeys([*VARIANTS, *EVENT_VARIANTS])),
+                    help="default: every variant of the dataset's list")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip, same for every variant")
     ap.add_argument("--train-limit", type=int, default=None, help="first N training images only (smoke runs)")
@@ -87,22 +100,29 @@ def main():
     ap.add_argument("--retrain", action="store_true", help="train again even where a checkpoint exists")
     args = ap.parse_args()
 
-    from evsim.bridge.train import TrainConfig, load_checkpoint, save_checkpoint, train
-    from evsim.datasets import load_fashion_mnist
+    from evsim.bridge.train import TrainConfig, load_checkpoint, load_training_data, save_checkpoint, train
 
+    table = EVENT_VARIANTS if args.dataset == "nfashion-mnist" else VARIANTS
+    args.variants = args.variants or list(table)
+    unknown = [v for v in args.variants if v not in table]
+    if unknown:
+        sys.exit(f"variant {unknown[0]!r} is not one of {args.dataset}'s: {', '.join(table)}")
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    x_test, y_test = load_fashion_mnist("test")
+    data = None
     rows = []
     for variant in args.variants:
-        neuron, tmpr = VARIANTS[variant]
+        neuron, tmpr = table[variant]
         for seed in args.seeds:
             cfg = TrainConfig(arch=args.arch, neuron=neuron, width=args.width, timesteps=args.timesteps,
                               epochs=args.epochs, batch_size=args.batch_size, tmpr=tmpr, seed=seed,
-                              threads=args.threads, train_limit=args.train_limit, grad_clip=args.grad_clip)
+                              threads=args.threads, train_limit=args.train_limit, grad_clip=args.grad_clip,
+                              dataset=args.dataset)
+            if data is None:       # the same arrays for every run (the event frames are made once)
+                data = load_training_data(cfg)
+                x_test, y_test = data[2], data[3]
             tag = f"{neuron}{'-tmpr' if tmpr else ''}-s{seed}"
             ckpt = out / "runs" / f"{tag}.pt"
-            t0 = time.perf_counter()
             if ckpt.exists() and not args.retrain:
                 # resume an interrupted comparison: reuse a checkpoint trained with this very config
                 model, saved = load_checkpoint(ckpt)
@@ -110,15 +130,20 @@ def main():
                 if record["train_config"] != asdict(cfg):
                     sys.exit(f"{ckpt} was trained with another config; pass --retrain")
             else:
-                model, record = train(cfg, progress=False)
+                # the full training state after every epoch: an interrupted comparison goes on from there
+                resume = out / "runs" / f"{tag}.resume"
+                if args.retrain and resume.exists():
+                    resume.unlink()
+                model, record = train(cfg, progress=False, data=data, resume=resume)
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(ckpt, model, record, force=args.retrain)
-            train_s = time.perf_counter() - t0
-            m = measure(model, record, out / "runs" / f"{tag}.h5", x_test, y_test)
+                resume.unlink()
+            train_s = record["history"][-1]["elapsed_s"]        # over every session of a resumed run
+            m = measure(model, record, out / "runs" / f"{tag}.h5", x_test, y_test, args.dataset)
             m.update(variant=variant, neuron=neuron, tmpr=tmpr, seed=seed, train_s=train_s)
             rows.append(m)
             print(json.dumps({k: v for k, v in m.items() if k != "per_population_rate"}), flush=True)
-    cmd = ("python models/compare.py --arch {a.arch} --width {a.width} --timesteps {a.timesteps} --epochs {a.epochs} "
+    cmd = ("python models/compare.py --dataset {a.dataset} --arch {a.arch} --width {a.width} --timesteps {a.timesteps} --epochs {a.epochs} "
            "--batch-size {a.batch_size} --grad-clip {a.grad_clip} --seeds {s}").format(a=args, s=" ".join(map(str, args.seeds)))
     if args.train_limit:
         cmd += f" --train-limit {args.train_limit}"
@@ -137,23 +162,32 @@ def _ms(values, scale=1.0, fmt="{:.2f}"):
 
 def render(doc, args) -> str:
     rows = doc["rows"]
+    events = getattr(args, "dataset", "fashion-mnist") == "nfashion-mnist"
+    data = ("the synthetic N-Fashion-MNIST (SYNTHETIC event data: real Fashion-MNIST images moved along three "
+            "saccades in front of the simulated camera of evsim/eventcam.py, seed 0; `evsim datasets "
+            f"nfashion-mnist`), binned into T = {args.timesteps} equal windows per sample, OFF and ON events as +1 "
+            "spikes in 2 channels of 34x34 (what `evsim run --events` feeds the network)") if events else \
+        "Fashion-MNIST images, direct encoding"
+    n_train = f"first {args.train_limit} training samples" if args.train_limit else "all 60 000 training samples"
     lines = [
-        "# Neuron comparison on Fashion-MNIST",
+        f"# Neuron comparison on {'event data (synthetic N-Fashion-MNIST)' if events else 'Fashion-MNIST'}",
         "",
         f"Command: `{doc['command']}` (run on {doc['date']}, {doc['machine']}).",
         "",
-        f"Architecture `{args.arch}` width {args.width}, T = {args.timesteps}, {args.epochs} epochs, batch "
-        f"{args.batch_size}, SGD lr 0.1 momentum 0.9 wd 1e-4 cosine, gradient norm clipped at {args.grad_clip}; seeds {', '.join(map(str, args.seeds))}"
-        f"{'; first ' + str(args.train_limit) + ' training images only' if args.train_limit else '; all 60 000 training images'}."
-        " Accuracy on all 10 000 test images, measured by the evsim engine (float64) on the exported file;"
-        " operation counts and energy (45nm-fp32: 0.9 pJ/AC, 4.6 pJ/MAC) per test image. Mean ± std over seeds"
-        " where there are several.",
+        f"Data: {data}. Architecture `{args.arch}` width {args.width}, T = {args.timesteps}, {args.epochs} epochs, "
+        f"batch {args.batch_size}, SGD lr 0.1 momentum 0.9 wd 1e-4 cosine, gradient norm clipped at "
+        f"{args.grad_clip}; seeds {', '.join(map(str, args.seeds))}; {n_train}."
+        " Accuracy on all 10 000 test samples, measured by the evsim engine (float64) on the exported file;"
+        " operation counts and energy (45nm-fp32: 0.9 pJ/AC, 4.6 pJ/MAC) per test sample. Mean ± sample standard"
+        " deviation over seeds where there are several; verify = every spike identical to PyTorch on 16 test"
+        " samples.",
         "",
         "| variant | accuracy (evsim) | accuracy (PyTorch) | firing rate | -1 share | AC | MAC | neuron-update mults"
         " | energy SNN (uJ) | energy ANN (uJ) | verify |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for variant in dict.fromkeys(r["variant"] for r in rows):
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for variant in variants:
         rs = [r for r in rows if r["variant"] == variant]
         g = lambda k: [r[k] for r in rs]  # noqa: E731
         lines.append(" | ".join([
@@ -162,11 +196,28 @@ def render(doc, args) -> str:
             _ms(g("synaptic_ops"), 1e-6, "{:.2f}") + " M", _ms(g("macs"), 1e-3, "{:.1f}") + " k",
             _ms(g("update_mults"), 1e-3, "{:.1f}") + " k", _ms(g("energy_uj"), 1, "{:.3f}"),
             _ms(g("ann_energy_uj"), 1, "{:.3f}"), "all passed" if all(g("verify_passed")) else "FAILED"]) + " |")
-    best = max(dict.fromkeys(r["variant"] for r in rows),
-               key=lambda v: statistics.mean(r["accuracy_evsim"] for r in rows if r["variant"] == v))
-    lines += ["", f"Highest mean accuracy in this run: **{best}**. With few epochs and seeds, differences below "
-              "about one standard deviation (or, with one seed, a few tenths of a percent) are not evidence "
-              "either way.", ""]
+    acc = {v: [r["accuracy_evsim"] * 100 for r in rows if r["variant"] == v] for v in variants}
+    best = max(variants, key=lambda v: statistics.mean(acc[v]))
+    lines += ["", f"Highest mean accuracy: **{best}**."]
+    if all(len(a) >= 2 for a in acc.values()) and len(variants) > 1:
+        lines += ["", "Differences against the most accurate variant, and against the seed-to-seed spread: a "
+                  "difference *exceeds the spread* when it is larger than the sum of the two standard deviations "
+                  "(the mean ± std intervals do not overlap); Welch's t-test p-value beside it (few seeds: a "
+                  "guide, not a proof).", "",
+                  "| variant | accuracy difference to " + best + " (points) | std (this / best) | exceeds the spread? "
+                  "| Welch p |", "|---|---|---|---|---|"]
+        from scipy.stats import ttest_ind
+        for v in variants:
+            if v == best:
+                continue
+            d = statistics.mean(acc[v]) - statistics.mean(acc[best])
+            sv, sb = statistics.stdev(acc[v]), statistics.stdev(acc[best])
+            p = float(ttest_ind(acc[v], acc[best], equal_var=False).pvalue)
+            lines.append(f"| {v} | {d:+.2f} | {sv:.2f} / {sb:.2f} | {'yes' if abs(d) > sv + sb else 'no'} | "
+                         f"{p:.3f} |")
+    else:
+        lines += ["With one seed, differences of a few tenths of a percent are not evidence either way."]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -499,3 +500,87 @@ def test_dense_runner_matches_the_plain_reference(model, encoding):
         assert np.array_equal(spikes[name].numpy().astype(np.int8), s), name
     assert sum(int(np.abs(s).sum()) for s in ref_spikes.values()) > 0
     np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-10)
+
+
+def test_event_frames_for_training_are_what_run_events_sees(tmp_path):
+    """The training frames of the synthetic event data are the written dataset binned as `evsim run --events`
+    bins it (chunked generation, a chunk size that does not divide the count)."""
+    from evsim.datasets import nfashion_frames, write_nfashion_mnist
+    from evsim.events import bin_events, read_events
+
+    write_nfashion_mnist(tmp_path, "test", limit=7)
+    frames, labels = nfashion_frames("test", 3, 2, limit=7, chunk=3)
+    ev = read_events(tmp_path / "test_events.npy")
+    expected, _ = bin_events(ev, 3, 2, 34, 34)
+    assert frames.dtype == np.int8 and frames.shape == (7, 3, 2, 34, 34)
+    np.testing.assert_array_equal(frames, expected)
+    np.testing.assert_array_equal(labels, np.load(tmp_path / "test_labels.npy"))
+    one, _ = nfashion_frames("test", 3, 1, limit=2)
+    assert set(np.unique(one)) <= {-1, 0, 1} and (one == -1).any()
+
+
+def _events_cfg(**kw):
+    return TrainConfig(**{**dict(arch="convnet", neuron="ctsn-event", tmpr=0.01, width=4, epochs=2, batch_size=16,
+                                 train_limit=48, test_limit=16, threads=1, dataset="nfashion-mnist"), **kw})
+
+
+def test_training_on_event_frames_and_resuming_gives_the_uninterrupted_result(tmp_path, restore_threads,
+                                                                            monkeypatch):
+    from evsim.bridge import train as train_mod
+
+    cfg = _events_cfg()
+    data = train_mod.load_training_data(cfg)
+    assert data[0].shape == (48, 4, 2, 34, 34)
+    whole, rec = train(cfg, progress=False, data=data)
+    assert whole.encoding == "spikes" and whole.input_shape == (2, 34, 34) and len(rec["history"]) == 2
+
+    # the same run, killed after its first epoch (the second evaluation raises), then started again
+    calls = {"n": 0}
+    real = train_mod.evaluate
+
+    def dies_in_epoch_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    state = tmp_path / "run.resume"
+    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, data=data, resume=state)
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    assert state.exists()
+    resumed, rec2 = train(cfg, progress=False, data=data, resume=state)
+    for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert [h["test_acc_torch"] for h in rec2["history"]] == [h["test_acc_torch"] for h in rec["history"]]
+
+    # a state of another config, or a damaged one, is one line
+    with pytest.raises(EvsimError, match="another training config"):
+        train(_events_cfg(seed=1), progress=False, data=data, resume=state)
+    state.write_bytes(b"not a torch file")
+    with pytest.raises(EvsimError, match="not a readable resume state"):
+        train(cfg, progress=False, data=data, resume=state)
+
+
+def test_train_export_verify_on_events_cli(tmp_path, restore_threads):
+    from evsim.datasets import write_nfashion_mnist
+
+    ckpt, h5 = tmp_path / "ev.pt", tmp_path / "ev.h5"
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--arch", "convnet", "--width", "4", "--neuron", "ternary", "--epochs", "1",
+                             "--batch-size", "16", "--dataset", "nfashion-mnist", "--train-limit", "32",
+                             "--test-limit", "8", "--threads", "1", "-T", "3", "--out", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    assert not os.path.exists(str(ckpt) + ".resume")
+    assert runner.invoke(main, ["export", "-c", str(ckpt), "-o", str(h5)]).exit_code == 0
+    net = read_network(h5)
+    assert net.encoding == "spikes" and tuple(net.input_shape) == (2, 34, 34) and net.class_names[0] == "T-shirt/top"
+    write_nfashion_mnist(tmp_path / "nf", "test", limit=5)
+    r = runner.invoke(main, ["verify", "-w", str(h5), "-c", str(ckpt), "--events", str(tmp_path / "nf" /
+                                                                                  "test_events.npy"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True and doc["samples"] == 5
+    r = runner.invoke(main, ["verify", "-w", str(h5), "-c", str(ckpt), "--window-us", "1000", "-i", "x.npy"])
+    assert r.exit_code == 2 and "--window-us goes with --events" in r.output

@@ -44,7 +44,8 @@ class TrainConfig:
     init: str | None = None          # start from this checkpoint's weights (fine-tuning); same architecture
     qat_bits: int | None = None      # quantisation-aware: train the folded network as `evsim quantize --weight-bits`
                                      # makes it (evsim.bridge.qat); None = plain float training
-    dataset: str = "fashion-mnist"
+    dataset: str = "fashion-mnist"  # or an event dataset (evsim.datasets.EVENT_DATASETS): spike-encoded frames
+    event_channels: int = 2          # event data: 2 = OFF and ON spikes in two channels, 1 = sign of ON - OFF
     train_limit: int | None = None   # use only the first N training images (tests, smoke runs)
     test_limit: int | None = None
     augment: bool = True
@@ -84,7 +85,7 @@ def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_si
     try:
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(images[i:i + batch_size]).to(device)
+                x = torch.from_numpy(images[i:i + batch_size]).float().to(device)
                 y = torch.from_numpy(labels[i:i + batch_size]).to(device)
                 correct += (model(x).argmax(1) == y).sum().item()
                 if with_rate:
@@ -99,11 +100,68 @@ def evaluate(model: SpikingNet, images: np.ndarray, labels: np.ndarray, batch_si
     return (acc, nonzero / total if total else 0.0) if with_rate else acc
 
 
+def load_training_data(cfg: TrainConfig):
+    """(x_train, y_train, x_test, y_test) as the config asks: images, or event frames (N, T, C, H, W) int8."""
+    from ..datasets import EVENT_DATASETS, load_dataset, nfashion_frames
+
+    if cfg.dataset in EVENT_DATASETS:
+        x_train, y_train = nfashion_frames("train", cfg.timesteps, cfg.event_channels, limit=cfg.train_limit)
+        x_test, y_test = nfashion_frames("test", cfg.timesteps, cfg.event_channels, limit=cfg.test_limit)
+        return x_train, y_train, x_test, y_test
+    x_train, y_train = load_dataset(cfg.dataset, "train")
+    x_test, y_test = load_dataset(cfg.dataset, "test")
+    if cfg.train_limit:
+        x_train, y_train = x_train[:cfg.train_limit], y_train[:cfg.train_limit]
+    if cfg.test_limit:
+        x_test, y_test = x_test[:cfg.test_limit], y_test[:cfg.test_limit]
+    return x_train, y_train, x_test, y_test
+
+
+def _save_resume(path: Path, epoch: int, model, opt, sched, rng, history, cfg) -> None:
+    """The whole training state after ``epoch`` epochs, so that an interrupted run goes on from there."""
+    state = {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "torch_rng": torch.get_rng_state(),
+             "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
+             "config": json.dumps(asdict(cfg))}
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_resume(path: Path, cfg, model, opt, sched, rng):
+    """Restore a state written by :func:`_save_resume` for this very config: (epochs done, history)."""
+    from ..errors import EvsimError
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        same = json.loads(state["config"]) == json.loads(json.dumps(asdict(cfg)))
+    except Exception as e:          # a damaged or foreign file: one line, nothing unpickled
+        raise EvsimError(f"{path}: not a readable resume state ({type(e).__name__}); remove it to start "
+                         f"again") from None
+    if not same:
+        raise EvsimError(f"{path}: a resume state of another training config; remove it to start again")
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        return int(state["epoch"]), json.loads(state["history"])
+    except Exception as e:
+        raise EvsimError(f"{path}: a damaged resume state ({type(e).__name__}: {e}); remove it to start "
+                         f"again") from None
+
+
 def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True,
-          force: bool = False) -> tuple[SpikingNet, dict]:
+          force: bool = False, data=None, resume: str | Path | None = None) -> tuple[SpikingNet, dict]:
     """Train; after each epoch the checkpoint so far is written to ``out`` (replacing an existing
-    file only with ``force``; the later epochs replace this run's own checkpoint)."""
-    from ..datasets import load_dataset
+    file only with ``force``; the later epochs replace this run's own checkpoint).
+
+    ``data``: (x_train, y_train, x_test, y_test) already loaded (several runs on the same data);
+    default: :func:`load_training_data`. ``resume``: a file holding the full training state after
+    each epoch (weights, optimiser, schedule, random generators); when it exists, training goes on
+    from it, and the result is the same as an uninterrupted run's.
+    """
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -125,15 +183,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             raise EvsimError(f"--qat-bits models the LIF neurons ({', '.join(QAT_NEURONS)}), not {cfg.neuron!r}")
         if cfg.tmpr > 0:
             raise EvsimError("--qat-bits does not model TMPR (it records the float membranes); use --tmpr 0")
-    x_train, y_train = load_dataset(cfg.dataset, "train")
-    x_test, y_test = load_dataset(cfg.dataset, "test")
-    if cfg.train_limit:
-        x_train, y_train = x_train[:cfg.train_limit], y_train[:cfg.train_limit]
-    if cfg.test_limit:
-        x_test, y_test = x_test[:cfg.test_limit], y_test[:cfg.test_limit]
-
-    model = build_model(cfg.arch, neuron=cfg.neuron, timesteps=cfg.timesteps, in_channels=x_train.shape[1],
-                        num_classes=int(y_train.max()) + 1, image_size=x_train.shape[-1], width=cfg.width)
+    x_train, y_train, x_test, y_test = data if data is not None else load_training_data(cfg)
+    events = x_train.ndim == 5            # (N, T, C, H, W) spike frames
+    model = build_model(cfg.arch, neuron=cfg.neuron, timesteps=cfg.timesteps, in_channels=x_train.shape[-3],
+                        num_classes=int(y_train.max()) + 1, image_size=x_train.shape[-1], width=cfg.width,
+                        encoding="spikes" if events else "direct")
     if cfg.init:
         start, _ = load_checkpoint(cfg.init)
         if start.config != model.config:
@@ -160,8 +214,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         m.track_rate = cfg.rate_reg > 0
 
     history = []
-    t0 = time.time()
-    for epoch in range(cfg.epochs):
+    first = 0
+    if resume is not None and Path(resume).exists():
+        first, history = _load_resume(Path(resume), cfg, model, opt, sched, rng)
+        model.to(device)
+    t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    for epoch in range(first, cfg.epochs):
         net.train()
         order = rng.permutation(len(x_train))
         seen = correct = 0
@@ -172,7 +230,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         with bar:
             for b in bar:
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                xb = torch.from_numpy(x_train[idx])
+                xb = torch.from_numpy(x_train[idx]).float()
                 if cfg.augment:
                     flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
                     xb[flip] = xb[flip].flip(-1)
@@ -200,6 +258,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             history[-1]["test_acc_float"] = evaluate(model, x_test, y_test, device=device)
             history[-1]["elapsed_s"] = round(time.time() - t0, 1)
         click.echo(json.dumps(history[-1]), err=True)
+        if resume is not None:
+            _save_resume(Path(resume), epoch + 1, model, opt, sched, rng, history, cfg)
         if out is not None:
             record = {"train_config": asdict(cfg), "history": history, "torch_version": str(torch.__version__)}
             save_checkpoint(out, model.cpu(), record, force=force or epoch > 0)
