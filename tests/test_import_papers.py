@@ -256,3 +256,29 @@ def test_fold_matches_reference_outputs():
     with torch.no_grad():
         ref = net.double()(x)
     np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-9)
+
+
+def test_a_float64_checkpoint_keeps_every_bit(r19, tmp_path):
+    """A state dict saved in float64 is folded from its own values, not from float32 roundings of them: the
+    re-expression holds them bit for bit, and the folded stem differs from a float32 copy's fold."""
+    _, state = r19
+    rng = torch.Generator().manual_seed(1)
+    wide = {k: (v.double() + 1e-12 * torch.randn(v.shape, generator=rng, dtype=torch.float64)
+                if v.is_floating_point() and k != "model.scale" else v) for k, v in state.items()}
+    torch.save(wide, tmp_path / "wide.pth")
+    net = papers.load_paper_checkpoint(tmp_path / "wide.pth", "ternary-spike", "resnet19", 2, 10, (3, 8, 8))
+    got = net.state_dict()
+    for k, v in wide.items():
+        if v.is_floating_point():
+            assert got[k].dtype == torch.float64 and torch.equal(got[k], v), k
+    assert _import(tmp_path / "wide.pth", tmp_path / "wide.h5").exit_code == 0
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in wide.items()}, tmp_path / "narrow.pth")
+    assert _import(tmp_path / "narrow.pth", tmp_path / "narrow.h5").exit_code == 0
+    from evsim.format import read_network
+    a, b = read_network(tmp_path / "wide.h5"), read_network(tmp_path / "narrow.h5")
+    wa = {p.name: p.weight for p in a.projections if p.weight is not None}
+    wb = {p.name: p.weight for p in b.projections if p.weight is not None}
+    assert any(not np.array_equal(wa[n], wb[n]) for n in wa)
+    r = cli("verify", "--weights", tmp_path / "wide.h5", "--checkpoint", tmp_path / "wide.pth", "--from",
+            "ternary-spike", "--arch", "resnet19", "--samples", 2)
+    assert r.exit_code == 0 and "PASSED" in r.output, r.output

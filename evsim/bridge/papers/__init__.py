@@ -228,6 +228,8 @@ def load_paper_checkpoint(path, source: str, arch: str, timesteps: int, num_clas
                 f"{path}: 'model.scale' is not all ones, but their {arch} never applies it (rp=True multiplies "
                 "512 features by 2048 scales and cannot run); this checkpoint did not come from that code")
     net = build(source, arch, timesteps, input_shape[0], num_classes, input_shape, form=form, **lay)
+    if any(v.dtype == torch.float64 for v in state.values()):
+        net = net.double()          # a float64 checkpoint keeps every bit (float32 and narrower convert exactly)
     full = net.state_dict()
     for k, v in full.items():
         if k not in state:          # only num_batches_tracked may be absent (older PyTorch)
