@@ -141,7 +141,7 @@ def render(c: dict, d: Path) -> str:
         f"- Training config: `{json.dumps(cfg, sort_keys=True)}`",
         *_init_lines(c, d),
         "",
-        "## Accuracy on the 10 000 test images",
+        "## Accuracy on the 10 000 test " + ("streams" if c.get("events") else "images"),
         "| measured by | accuracy |",
         "|---|---|",
         (f"| evsim engine, float64 (`evsim datasets nfashion-mnist --out DIR`, then `evsim run -w {d}/folded.h5 "
