@@ -582,17 +582,19 @@ def verify(weights, checkpoint, input_path, events_path, window_us, source, arch
             raise click.UsageError("give --input or --events, not both")
         from .events import load_events_for_network
         frames, _ = load_events_for_network(events_path, read_network(weights), window_us, limit=samples)
-        input_path = frames          # the binned frames stand in for --input below
+        given = lambda: frames                      # noqa: E731
     elif window_us is not None:
         raise click.UsageError("--window-us goes with --events")
+    else:       # the samples the user gave, read once the options are known to fit together
+        given = (lambda: load_array(input_path)) if input_path else None
     if checkpoint is None:
         network = read_network(weights)
         if network.fixed_point is None:
             raise click.UsageError("give --checkpoint: a real-valued file is verified against the model it was "
                                    "folded from (only a fixed-point file is verified on its own)")
-        _verify_fixed(network, input_path, source, arch, samples, batch_size, as_json)
+        _verify_fixed(network, given, source, arch, samples, batch_size, as_json)
         return
-    if source is None and (arch is not None or input_path is None):
+    if source is None and (arch is not None or given is None):
         raise click.UsageError("--arch goes with --from" if arch is not None else "give --input (samples as .npy) or --events")
     if source is not None and arch is None:
         raise click.UsageError("--from needs --arch")
@@ -605,7 +607,7 @@ def verify(weights, checkpoint, input_path, events_path, window_us, source, arch
     else:
         from .bridge.papers import model_for_network, sample_inputs
         model = model_for_network(checkpoint, source, arch, network)
-    x = _samples_of(input_path) if input_path is not None else sample_inputs(network.input_shape, samples)
+    x = given() if given is not None else sample_inputs(network.input_shape, samples)
     result = verify_fn(model, network, x, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -615,19 +617,14 @@ def verify(weights, checkpoint, input_path, events_path, window_us, source, arch
         sys.exit(1)
 
 
-def _samples_of(input_path):
-    """--input's array, or the frames --events was binned into."""
-    return input_path if isinstance(input_path, np.ndarray) else load_array(input_path)
-
-
-def _verify_fixed(network, input_path, source, arch, samples, batch_size, as_json):
-    """evsim verify of a fixed-point file: the engine against the integer reference, on --input or on the
-    first Fashion-MNIST test images."""
+def _verify_fixed(network, given, source, arch, samples, batch_size, as_json):
+    """evsim verify of a fixed-point file: the engine against the integer reference, on the samples given
+    (``given()``: --input or --events) or on the first Fashion-MNIST test images."""
     from .bridge.verify import format_fixed_verification, verify_fixed
     if source is not None or arch is not None:
         raise click.UsageError("--from and --arch go with --checkpoint")
-    if input_path is not None:
-        x = _samples_of(input_path)
+    if given is not None:
+        x = given()
     elif network.encoding == "direct" and tuple(network.input_shape) == (1, 28, 28):
         from .datasets import load_dataset
         x = load_dataset("fashion-mnist", "test")[0][:samples]

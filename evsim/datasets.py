@@ -76,7 +76,7 @@ def nfashion_frames(split: str, timesteps: int, channels: int = 2, seed: int = 0
     chunk: the events of all 60 000 training images (about 4 GB) never exist at once.
     """
     from .eventcam import CameraConfig, record_images
-    from .events import EventStreams, bin_events
+    from .events import bin_events, streams_of
 
     cfg = cfg or CameraConfig()
     images, labels = load_fashion_mnist(split)
@@ -87,9 +87,7 @@ def nfashion_frames(split: str, timesteps: int, channels: int = 2, seed: int = 0
     for a in range(0, len(images), chunk):
         ev = record_images(images[a:a + chunk, 0], seed=seed, cfg=cfg, first_index=a)
         n = min(chunk, len(images) - a)
-        streams = EventStreams(ev["t"].astype(np.int64), ev["x"].astype(np.int32), ev["y"].astype(np.int32),
-                               ev["p"] == 1, ev["sample"].astype(np.int64), n, f"nfashion-mnist {split}", (H, W))
-        frames[a:a + n] = bin_events(streams, timesteps, channels, H, W)[0]
+        frames[a:a + n] = bin_events(streams_of(ev, f"nfashion-mnist {split}"), timesteps, channels, H, W)[0]
     return frames, labels
 
 

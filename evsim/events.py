@@ -308,6 +308,12 @@ def _validate(arrays: list[np.ndarray], names: list[str], what: str, sensors=Non
                         n, names[0] if len(names) == 1 else f"{len(names)} files", sensor)
 
 
+def streams_of(events: np.ndarray, source: str, what: str = "events") -> EventStreams:
+    """Check an in-memory event array (the fields of a ``.npy`` stream, with or without ``sample``) as
+    :func:`read_events` checks a file's, and return its :class:`EventStreams`."""
+    return _validate([events], [source], what)
+
+
 def read_events(path: str | os.PathLike, what: str = "events") -> EventStreams:
     """Read and check an event file (.npy, .npz, .aedat4) or a directory of them; see the module docstring."""
     p = os.fspath(path)
