@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_weights_only, save_checkpoint
 from .models import SpikingNet, build_model
 
 
@@ -123,19 +123,25 @@ def _save_resume(path: Path, epoch: int, model, opt, sched, rng, history, cfg) -
              "torch_rng": torch.get_rng_state(),
              "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
              "config": json.dumps(asdict(cfg))}
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from ..files import atomic_write
+
+    with atomic_write(path, True, "resume state") as f:     # this run's own state, replaced each epoch
+        torch.save(state, f)
 
 
 def _load_resume(path: Path, cfg, model, opt, sched, rng):
     """Restore a state written by :func:`_save_resume` for this very config: (epochs done, history)."""
     from ..errors import EvsimError
 
+    # a regular file within the checkpoint size limit, read weights-only (no pickle code runs): one line if not
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        state = read_weights_only(path, EvsimError, "a resume state holds tensors and plain data only")
+    except EvsimError as e:
+        raise EvsimError(f"{path}: not a readable resume state ({str(e).removeprefix(f'{path}: ')}); remove it "
+                         f"to start again") from None
+    try:
         same = json.loads(state["config"]) == json.loads(json.dumps(asdict(cfg)))
-    except Exception as e:          # a damaged or foreign file: one line, nothing unpickled
+    except Exception as e:          # a foreign file: one line
         raise EvsimError(f"{path}: not a readable resume state ({type(e).__name__}); remove it to start "
                          f"again") from None
     if not same:
