@@ -159,17 +159,22 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("name", list(BAD))
-def test_bad_file(tmp_path, good_file, name):
-    edit, error, pattern = BAD[name]
+def assert_edit_refused(tmp_path, base_file, name, edit, error, pattern):
+    """A copy of ``base_file`` changed by ``edit(h5 file)`` is refused on reading with ``error`` matching
+    ``pattern``, in one line that names the file first."""
     path = tmp_path / f"{name}.h5"
-    shutil.copy(good_file, path)
+    shutil.copy(base_file, path)
     with h5py.File(path, "r+") as f:
         edit(f)
     with pytest.raises(error, match=pattern) as info:
         read_network(path)
     assert "\n" not in str(info.value)                     # one line for the command line
     assert str(info.value).startswith(f"{path}: ")          # names the file first
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_file(tmp_path, good_file, name):
+    assert_edit_refused(tmp_path, good_file, name, *BAD[name])
 
 
 def test_good_file_reads(good_file):

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import h5py
 import numpy as np
@@ -29,6 +28,7 @@ from evsim.layout import to_channels_last
 from evsim.limits import Limits
 from evsim.pooling import AvgPool
 from evsim.projections import conv_rows, csr
+from test_format import assert_edit_refused
 
 LIF = {"tau": 0.5, "v_threshold": 1.2}
 
@@ -291,14 +291,7 @@ BAD = {
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_malformed_pool_is_one_line(tmp_path, pooled_file, name):
-    edit, error, pattern = BAD[name]
-    path = tmp_path / f"{name}.h5"
-    shutil.copy(pooled_file, path)
-    with h5py.File(path, "r+") as f:
-        edit(f)
-    with pytest.raises(error, match=pattern) as info:
-        read_network(path)
-    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+    assert_edit_refused(tmp_path, pooled_file, name, *BAD[name])
 
 
 def test_pooled_file_control_reads_and_runs(pooled_file):
