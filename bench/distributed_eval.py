@@ -1,7 +1,7 @@
 """evsim eval on Dask: the full Fashion-MNIST test set on 1 and 2 worker processes (one engine thread each).
 
     python bench/distributed_eval.py [--model models/fmnist-resnet8-ternary/folded.h5] [--chunk-size 250]
-                                [--limit N] [--out bench/DISTRIBUTED.md]
+                                [--rounds 3] [--limit N] [--out bench/DISTRIBUTED.md]
 
 Measures, on this machine, each run's wall time (cluster start-up apart), and writes the figures to
 OUT (Markdown) and OUT with a .json suffix:
@@ -10,7 +10,9 @@ OUT (Markdown) and OUT with a .json suffix:
 * a LocalCluster of 1 worker process, then of 2, one engine thread each: the speed-up 1 -> 2;
 * per-chunk overhead of Dask: (1 worker - in-process) / chunks, at the default chunk size and at a small one.
 
-Every run's predictions and totals are checked to be identical (bit for bit) to the in-process run.
+Every run is repeated ``--rounds`` times in rounds, the order of the runs rotating from round to round (a slow
+spell of a shared machine falls on all of them alike); the report gives medians, and the speed-up is the median of
+the rounds' own ratios. Every run's predictions and totals are checked to be identical (bit for bit) to the in-process run.
 The machine's load (/proc/loadavg) is recorded before and after: on a shared machine the figures are
 only indicative. This script is separate from bench/run.py and writes nothing else. (It is not named distributed.py:
 tests put bench/ on the import path, where that name would shadow the `distributed` package.)
@@ -25,6 +27,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
@@ -78,6 +82,7 @@ def main(argv=None):
     ap.add_argument("--model", default=str(ROOT / "models/fmnist-resnet8-ternary/folded.h5"))
     ap.add_argument("--chunk-size", type=int, default=250)
     ap.add_argument("--small-chunk", type=int, default=50, help="Chunk size of the overhead run (1 worker).")
+    ap.add_argument("--rounds", type=int, default=3, help="Times every run is repeated (medians are reported).")
     ap.add_argument("--limit", type=int, help="First N test images only (default: all 10 000).")
     ap.add_argument("--out", default=str(ROOT / "bench/DISTRIBUTED.md"))
     a = ap.parse_args(argv)
@@ -92,27 +97,51 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from timing import busy_cpu_processes
     busy_before = busy_cpu_processes()
-    rows, results = [], []
+    configs = (("in-process", None, a.chunk_size), ("1 worker", 1, a.chunk_size), ("2 workers", 2, a.chunk_size),
+               ("in-process, small chunks", None, a.small_chunk), ("1 worker, small chunks", 1, a.small_chunk))
+    runs = {label: [] for label, _, _ in configs}
+    base = None
     with open_data("fashion-mnist") as src:
-        for label, workers, chunk in (("in-process", None, a.chunk_size), ("1 worker", 1, a.chunk_size),
-                                      ("2 workers", 2, a.chunk_size), ("in-process, small chunks", None, a.small_chunk),
-                                      ("1 worker, small chunks", 1, a.small_chunk)):
-            row, r = timed_eval(label, network, src, workers=workers, chunk_size=chunk, limit=a.limit)
-            rows.append(row)
-            results.append(r)
-    base = results[0]
-    for r in results[1:]:
-        assert r.report.to_dict() == base.report.to_dict(), "a distributed run differs from the in-process run"
-        assert (r.predictions == base.predictions).all(), "a distributed run differs from the in-process run"
+        for rnd in range(a.rounds):
+            # the configurations in turn, the order rotating round by round, so that a slow spell of the machine
+            # falls on all of them alike; the ratios are taken within a round
+            k = rnd % len(configs)
+            for label, workers, chunk in configs[k:] + configs[:k]:
+                row, r = timed_eval(label, network, src, workers=workers, chunk_size=chunk, limit=a.limit)
+                row["round"] = rnd
+                runs[label].append(row)
+                if base is None:
+                    base = r
+                elif (r.report.to_dict() != base.report.to_dict()
+                      or not (r.predictions == base.predictions).all()):
+                    raise SystemExit(f"{label}, round {rnd}: results differ from the first run")
+
+    def median(xs):
+        return float(np.median(xs))
+
+    rows = []
+    for label, _, _ in configs:
+        rs = runs[label]
+        row = dict(rs[0])
+        row.update(wall_s=round(median([x["wall_s"] for x in rs]), 3),
+                   startup_s=round(median([x["startup_s"] for x in rs]), 3),
+                   walls_s=[x["wall_s"] for x in rs], load_after=rs[-1]["load_after"])
+        row["samples_per_s"] = round(row["samples"] / row["wall_s"], 1)
+        row.pop("round", None)
+        rows.append(row)
     inproc, one, two, inproc_small, small = rows
-    speedup = one["wall_s"] / two["wall_s"]
-    over_vs_inproc = (one["wall_s"] - inproc["wall_s"]) / one["chunks"]
-    over_small = (small["wall_s"] - inproc_small["wall_s"]) / small["chunks"]
+    ratios = [o["wall_s"] / t["wall_s"] for o, t in zip(runs["1 worker"], runs["2 workers"])]
+    speedup = median(ratios)
+    over_vs_inproc = median([(o["wall_s"] - i["wall_s"]) / o["chunks"]
+                             for o, i in zip(runs["1 worker"], runs["in-process"])])
+    over_small = median([(o["wall_s"] - i["wall_s"]) / o["chunks"]
+                         for o, i in zip(runs["1 worker, small chunks"], runs["in-process, small chunks"])])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     doc = {"command": "python bench/distributed_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.processor() or platform.machine()}, "
-           f"{cores} cores usable, Python {platform.python_version()}", "model": a.model,
-           "load_before": load_before, "load_after": loadavg(), "runs": rows, "speedup_1_to_2_workers": round(speedup, 3),
+           f"{cores} cores usable, Python {platform.python_version()}", "model": a.model, "rounds": a.rounds,
+           "load_before": load_before, "load_after": loadavg(), "runs": rows,
+           "speedup_1_to_2_workers": round(speedup, 3), "speedup_per_round": [round(x, 3) for x in ratios],
            "overhead_per_chunk_ms_vs_in_process": round(1e3 * over_vs_inproc, 2),
            "overhead_per_chunk_ms_small_chunks": round(1e3 * over_small, 2), "identical_results": True}
     out = Path(a.out)
@@ -122,14 +151,19 @@ def main(argv=None):
           f"`{doc['command']}` on {doc['date']}; {doc['machine']}; model `{os.path.relpath(a.model, ROOT)}`.",
           f"Load average (/proc/loadavg) before: `{load_before}`, after: `{doc['load_after']}`.",
           "",
-          "| run | workers | threads each | chunk | chunks | samples | cluster start-up (s) | wall (s) | samples/s | "
-          "load after |",
+          f"Every run {a.rounds} times, in rounds (the order rotating round by round); the table gives medians "
+          "over the rounds, the speed-up is the median of the rounds' ratios.",
+          "",
+          "| run | workers | threads each | chunk | chunks | samples | cluster start-up (s) | wall (s), median | "
+          "wall (s), each round | samples/s |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['run']} | {r['workers']} | {r['threads_per_worker']} | {r['chunk_size']} | {r['chunks']} | "
-                  f"{r['samples']} | {r['startup_s']} | {r['wall_s']} | {r['samples_per_s']} | `{r['load_after']}` |")
+                  f"{r['samples']} | {r['startup_s']} | {r['wall_s']} | {', '.join(f'{w:.2f}' for w in r['walls_s'])} | "
+                  f"{r['samples_per_s']} |")
     md += ["",
-           f"- speed-up from 1 to 2 worker processes (wall time, start-up excluded): **{speedup:.2f}x** (goal 1.8x)",
+           f"- speed-up from 1 to 2 worker processes (wall time, start-up excluded): **{speedup:.2f}x**, median of "
+           f"{len(ratios)} rounds ({', '.join(f'{x:.2f}x' for x in ratios)}; goal 1.8x)",
            f"- Dask overhead per chunk (1 worker against the in-process run of the same chunks, divided by the "
            f"chunks): {1e3 * over_vs_inproc:.1f} ms with chunks of {a.chunk_size}, {1e3 * over_small:.1f} ms with "
            f"chunks of {a.small_chunk}",

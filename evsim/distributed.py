@@ -359,8 +359,14 @@ def runner(workers: int | None = None, scheduler: str | None = None, threads: in
     per = threads or local_cluster_threads(workers)
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive"), "NUMBA_NUM_THREADS": str(per),
            "OMP_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR, env=env) as cluster, Client(cluster) as c:
+    # Everything on loopback: the scheduler's HTTP server (dashboard, health and metrics pages), which Dask
+    # starts even without a dashboard, would otherwise listen on every interface (":0" binds 0.0.0.0). No
+    # statistical profiler in the workers: a thread that samples the engine thread's stack every 10 ms, for
+    # a dashboard evsim does not show.
+    import dask
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                         silence_logs=logging.ERROR, env=env) as cluster, Client(cluster) as c:
         yield DaskRunner(c, per, f"{workers} local worker process{'es' if workers > 1 else ''}, {per} thread(s) each")
         # the cluster ends here: nothing to take off its workers
 

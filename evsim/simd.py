@@ -190,13 +190,20 @@ class _Runs:
         LLVM does not turn it back into a branch; the synaptic path stays additions and
         subtractions, with no multiply.
         """
+        return self.splat(self.flip_bits(sign))
+
+    def flip_bits(self, sign):
+        """:meth:`flip` for one lane, as a scalar of the lanes' integer type."""
         b = self.b
         if self.is_int:      # arithmetic shift of the sign: -1 -> all ones, +1 -> 0
-            f = b.ashr(b.sext(sign, self.int_ty), ir.Constant(self.int_ty, self.size * 8 - 1))
-        else:
-            f = b.shl(b.and_(b.zext(sign, self.int_ty), ir.Constant(self.int_ty, 0x80)),
-                      ir.Constant(self.int_ty, self.size * 8 - 8))
-        v = b.insert_element(ir.Constant(self.int_vt, ir.Undefined), f, ir.Constant(_i32, 0))
+            return b.ashr(b.sext(sign, self.int_ty), ir.Constant(self.int_ty, self.size * 8 - 1))
+        return b.shl(b.and_(b.zext(sign, self.int_ty), ir.Constant(self.int_ty, 0x80)),
+                     ir.Constant(self.int_ty, self.size * 8 - 8))
+
+    def splat(self, scalar):
+        """A scalar of the lanes' integer type in every lane."""
+        b = self.b
+        v = b.insert_element(ir.Constant(self.int_vt, ir.Undefined), scalar, ir.Constant(_i32, 0))
         return b.shuffle_vector(v, ir.Constant(self.int_vt, ir.Undefined),
                                 ir.Constant(ir.VectorType(_i32, self.lanes), None))
 
@@ -314,6 +321,7 @@ def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows,
     rest = builder.sub(n_chunks, builder.mul(n_big, ir.Constant(_i64, block_len)))
     after_big = builder.mul(n_big, ir.Constant(_i64, block_len * r.lanes))
     held = [[cgutils.alloca_once(builder, r.vt) for _ in range(block_len)] for _ in range(ROWS)]  # -> registers
+    negatives = cgutils.alloca_once(builder, r.int_ty) if r.is_int else None
 
     def block_with(pas, pws, base, size, masked):
         ats = [builder.add(base, ir.Constant(_i64, i * r.lanes)) for i in range(size)]
@@ -325,17 +333,38 @@ def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows,
         for row, pa in enumerate(pas):
             for i in range(size):
                 builder.store(r.load(r.ptr(pa, ats[i]), masks[i]), held[row][i])
+        if r.is_int:         # the -1 events of the block, counted (see below)
+            builder.store(ir.Constant(r.int_ty, 0), negatives)
         with cgutils.for_range(builder, count) as ev:
             off, sign = event(ev.index)
-            flip = r.flip(sign)
+            if r.is_int:
+                # -w is (w ^ m) - m with m all ones: the "- m" is the same +1 in every lane of every row,
+                # so it is counted once per event here and added to the block once, after the loop: each
+                # vector step is then one xor and one add, as for floats, instead of xor, subtract, add.
+                # Exact: integer adds wrap modulo 2^bits, so only the final sums must fit, and the
+                # quantiser's accumulator bound guarantees that they do.
+                bits = r.flip_bits(sign)
+                builder.store(builder.sub(builder.load(negatives), bits), negatives)
+                flip = r.splat(bits)
+            else:
+                flip = r.flip(sign)
             for row, pw in enumerate(pws):
                 pk = builder.gep(pw, [off])
                 for i in range(size):
                     w_chunk = r.load(r.ptr(pk, ats[i]), masks[i])
-                    builder.store(r.signed_add(builder.load(held[row][i]), w_chunk, flip), held[row][i])
+                    held_v = builder.load(held[row][i])
+                    if r.is_int:
+                        total = builder.add(held_v, builder.xor(w_chunk, flip))
+                    else:
+                        total = r.signed_add(held_v, w_chunk, flip)
+                    builder.store(total, held[row][i])
+        correction = r.splat(builder.load(negatives)) if r.is_int else None
         for row, pa in enumerate(pas):
             for i in range(size):
-                r.store(builder.load(held[row][i]), r.ptr(pa, ats[i]), masks[i])
+                total = builder.load(held[row][i])
+                if correction is not None:
+                    total = builder.add(total, correction)
+                r.store(total, r.ptr(pa, ats[i]), masks[i])
 
     def block(pas, pws, base, size):
         # whole vectors (the usual case: C_out a multiple of 16) take plain loads, which

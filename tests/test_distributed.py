@@ -404,3 +404,20 @@ def test_cli_sweep_resumes_and_refuses_other_settings(case, tmp_path):
     r = _runner().invoke(main, args + ["--force"])
     assert r.exit_code == 0 and "resumed" not in r.stdout, r.output + r.stderr
     assert _table_without_rate(tmp_path / "tab.csv") == _table_without_rate(tmp_path / "whole.csv")
+
+
+def test_own_local_cluster_listens_on_loopback_only_and_runs_no_profiler():
+    """`--workers N` starts a cluster whose every listening socket (scheduler, HTTP pages, workers, nannies) is on
+    127.0.0.1, and whose workers do not sample the engine thread's stack every 10 ms for a dashboard;
+    Dask's defaults would open the HTTP port on every interface and profile."""
+    import dask
+    import psutil
+
+    from evsim.distributed import runner
+    with runner(workers=1, threads=1) as run:
+        procs = [psutil.Process()] + psutil.Process().children(recursive=True)
+        listening = [c.laddr for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert len(listening) >= 3 and {a.ip for a in listening} == {"127.0.0.1"}, listening
+        profiling = run.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        assert list(profiling.values()) == [False]
+    assert dask.config.get("distributed.worker.profile.enabled") is True     # the caller's config is left alone

@@ -204,3 +204,29 @@ def test_integer_runs_negate_by_twos_complement_without_a_multiply():
     np.testing.assert_array_equal(acc, -w)
     _add_run(acc, 0, w, 0, w.size, True)
     np.testing.assert_array_equal(acc, np.zeros_like(w))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 200), st.integers(1, 64), st.integers(0, 2**32 - 1))
+def test_integer_runs_are_exact_modulo_the_word_with_their_deferred_negation(dtype, n_rows, n, count, seed):
+    """The integer runs add ``w ^ m`` per event and the ``- m`` of all the block's -1 events once at the end:
+    with weights over the whole range and up to 64 events (partial sums far outside the word), every
+    accumulator still equals the exact sum wrapped to the word, the same as one add or subtract per event
+    (the quantiser's bound keeps real sums inside the word, where wrapped is exact)."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    w = rng.integers(info.min + 1, info.max + 1, size=count * n + 64).astype(dtype)
+    offsets = rng.integers(0, 64, size=count).astype(np.uint64) + (np.arange(count) * n).astype(np.uint64)
+    signs = rng.choice(np.array([-1, 1], np.int8), size=count)
+    b_rows = rng.integers(0, 3, size=n_rows).astype(np.uint64)
+    a_rows = (np.arange(n_rows) * (n + 5)).astype(np.uint64)
+    acc = rng.integers(info.min, info.max + 1, size=n_rows * (n + 5) + 7).astype(dtype)
+    exact = acc.astype(np.int64)
+    for q in range(n_rows):
+        a = int(a_rows[q])
+        for k in range(count):
+            o = int(b_rows[q]) + int(offsets[k])
+            exact[a:a + n] += int(signs[k]) * w[o:o + n].astype(np.int64)
+    _add_runs(acc, a_rows, w, b_rows, offsets, signs, count, n)
+    np.testing.assert_array_equal(acc, exact.astype(dtype))      # astype wraps modulo 2**bits
