@@ -146,7 +146,7 @@ def main(argv=None):
            "overhead_per_chunk_ms_small_chunks": round(1e3 * over_small, 2), "identical_results": True}
     out = Path(a.out)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = [f"# evsim eval on Dask: Fashion-MNIST test set, 1 and 2 worker processes",
+    md = ["# evsim eval on Dask: Fashion-MNIST test set, 1 and 2 worker processes",
           "",
           f"`{doc['command']}` on {doc['date']}; {doc['machine']}; model `{os.path.relpath(a.model, ROOT)}`.",
           f"Load average (/proc/loadavg) before: `{load_before}`, after: `{doc['load_after']}`.",

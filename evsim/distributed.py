@@ -38,7 +38,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import uuid
