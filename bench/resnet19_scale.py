@@ -29,7 +29,6 @@ measured here) is listed as such. Writes OUT (Markdown) and OUT with a .json suf
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -241,7 +240,7 @@ def main(argv=None):
     cn = compile_network(network, dtype="float32")
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    first = run(cn, x[:a.batch], batch_size=a.batch, threads=1)
+    run(cn, x[:a.batch], batch_size=a.batch, threads=1)         # the first batch: compiles and warms
     first_s = time.perf_counter() - t0
     per = {}
     for th in (1, 2, 1, 2):                    # interleaved: load from other jobs hits both thread counts alike
