@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 import evsim
-from evsim import kernels as K
 from evsim import memory as evsim_memory
 from evsim.compiler import ConvGeometry, conv_geometry
 from evsim.projections import conv_rows as KR
