@@ -15,6 +15,11 @@ TARGET_START_S = 2.0
 TARGET_SPEEDUP = 1.8
 
 
+
+def demote_title(text: str) -> str:
+    """A report of its own (``# title``) as a section of this one (``## title``)."""
+    return "#" + text if text.startswith("# ") else text
+
 def _pct(x, d=1):
     return f"{100 * x:.{d}f}%"
 
@@ -699,7 +704,11 @@ def write_markdown(R: dict, path) -> str:
                   "the dense current of a direct-encoded input is a Numba kernel on the same thread pool (OpenBLAS "
                   "worker threads, which keep spinning after a call, had held the speed-up of the sparse model at "
                   "1.0x)."]
-    scale = Path(__file__).resolve().parent / "RESNET19_SCALE.md"      # bench/resnet19_scale.py, run on its own
+    here = Path(__file__).resolve().parent
+    dask_runs = here / "DISTRIBUTED.md"                  # bench/distributed_eval.py, run on its own
+    if dask_runs.is_file():
+        L += ["", demote_title(dask_runs.read_text()).rstrip()]
+    scale = here / "RESNET19_SCALE.md"                   # bench/resnet19_scale.py, run on its own
     if scale.is_file():
         L += ["", scale.read_text().rstrip()]
     L.append("")
