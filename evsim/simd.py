@@ -414,7 +414,10 @@ def add_runs(typingctx, acc, a_rows, w, b_rows, n_rows, w_offsets, signs, count,
     store-to-load chains between consecutive events go away, and only the
     weights stream from the cache. Every element still sees the same IEEE
     additions in the same order as one :func:`add_run` per event and row, so
-    the result is bit for bit the same.
+    the result is bit for bit the same. (Integers: each -1 event's ``+1`` of
+    the two's-complement negation is added once per block, after its events;
+    integer sums are exact modulo the word whatever their order, so the result
+    is again the same, bit for bit.)
     """
     if not (_run_arrays(acc, w) and _u64_arrays(a_rows, b_rows, w_offsets) and _int8_array(signs)):
         return None
