@@ -414,10 +414,14 @@ def test_own_local_cluster_listens_on_loopback_only_and_runs_no_profiler():
     import psutil
 
     from evsim.distributed import runner
-    with runner(workers=1, threads=1) as run:
+    def listening():      # (pid, address) of every listening socket of this process and its children
         procs = [psutil.Process()] + psutil.Process().children(recursive=True)
-        listening = [c.laddr for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-        assert len(listening) >= 3 and {a.ip for a in listening} == {"127.0.0.1"}, listening
+        return {(p.pid, c.laddr) for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    before = listening()          # other tests' clusters in this process (module fixtures) are not this one's
+    with runner(workers=1, threads=1) as run:
+        opened = listening() - before
+        assert len(opened) >= 3 and {a.ip for _, a in opened} == {"127.0.0.1"}, opened
         profiling = run.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
         assert list(profiling.values()) == [False]
     assert dask.config.get("distributed.worker.profile.enabled") is True     # the caller's config is left alone
