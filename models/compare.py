@@ -2,6 +2,7 @@
 
     python models/compare.py [--arch convnet] [--width 16] [--epochs 2] [--seeds 0 1] [--out models/comparison]
     python models/compare.py --dataset nfashion-mnist [...] --out models/comparison-events
+    python models/compare.py [the same settings] --report-only     # RESULTS.md again from results.json
 
 On the event data (the synthetic N-Fashion-MNIST of evsim.datasets, binned into T frames of OFF and
 ON spikes) the variants are binary LIF, ternary with learnable amplitude, the CTSN event form, and
@@ -80,6 +81,16 @@ def measure(model, record, out_h5: Path, x_test, y_test, dataset="fashion-mnist"
         "per_population_rate": {p.name: p.firing_rate for p in rep.populations},
     }
 
+# The papers' claims this comparison can speak to: (variant, the variant it is claimed to beat, the claim).
+CLAIMS = [
+    ("ternary, learnable a", "ternary, a = 1 fixed", "a learnable amplitude beats a = 1 (Ternary Spike)"),
+    ("ternary, learnable a", "binary LIF", "ternary spikes beat binary ones (Ternary Spike)"),
+    ("CTSN", "ternary, learnable a", "CTSN beats Ternary Spike (CTSN)"),
+    ("CTSN + TMPR", "CTSN", "TMPR improves CTSN (CTSN)"),
+    ("CTSN event", "ternary, learnable a", "CTSN beats Ternary Spike on event data (CTSN)"),
+    ("CTSN event + TMPR", "CTSN event", "TMPR improves CTSN on event data (CTSN)"),
+]
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,7 +109,18 @@ def main():
     ap.add_argument("--train-limit", type=int, default=None, help="first N training images only (smoke runs)")
     ap.add_argument("--out", default="models/comparison")
     ap.add_argument("--retrain", action="store_true", help="train again even where a checkpoint exists")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write OUT/RESULTS.md again from OUT/results.json (the same settings), training nothing")
     args = ap.parse_args()
+    if args.report_only:
+        out = Path(args.out)
+        try:
+            doc = json.loads((out / "results.json").read_text())
+        except (OSError, ValueError) as e:
+            sys.exit(f"--report-only: cannot read {out / 'results.json'}: {e}")
+        (out / "RESULTS.md").write_text(render(doc, args))
+        print(f"wrote {out / 'RESULTS.md'}")
+        return
 
     from evsim.bridge.train import TrainConfig, load_checkpoint, load_training_data, save_checkpoint, train
 
@@ -215,6 +237,20 @@ def render(doc, args) -> str:
             p = float(ttest_ind(acc[v], acc[best], equal_var=False).pvalue)
             lines.append(f"| {v} | {d:+.2f} | {sv:.2f} / {sb:.2f} | {'yes' if abs(d) > sv + sb else 'no'} | "
                          f"{p:.3f} |")
+        claims = [c for c in CLAIMS if c[0] in acc and c[1] in acc]
+        if claims:
+            lines += ["", "The papers' claims, each as the difference between the variant and the one it is claimed to "
+                      "beat (same test of the spread, Welch's p):", "",
+                      "| claim | variant - the other (points) | std (variant / other) | exceeds the spread? | Welch p "
+                      "| reproduced here? |", "|---|---|---|---|---|---|"]
+            for v, other, claim in claims:
+                d = statistics.mean(acc[v]) - statistics.mean(acc[other])
+                sv, so = statistics.stdev(acc[v]), statistics.stdev(acc[other])
+                p = float(ttest_ind(acc[v], acc[other], equal_var=False).pvalue)
+                beyond = abs(d) > sv + so
+                verdict = "yes" if beyond and d > 0 else ("no: the other way" if beyond else "no: level")
+                lines.append(f"| {claim} | {v} - {other}: {d:+.2f} | {sv:.2f} / {so:.2f} | "
+                             f"{'yes' if beyond else 'no'} | {p:.3f} | {verdict} |")
     else:
         lines += ["With one seed, differences of a few tenths of a percent are not evidence either way."]
     lines.append("")
