@@ -90,15 +90,18 @@ def pack(cp, j, desc, scale, ib, i32, fb) -> None:
     a = cp.arrays
     d[D_O1] = ib.add(a, "row_map")
     d[D_O2] = fb.add(a, "row_w")
-    d[D_O3] = ib.add(a, "reach")
     d[D_O4] = ib.add(a, "col_plan")
-    d[D_FLAG] = int(a["has_zeros"])
     if a["has_zeros"] and cp.source >= 0:
         # events from a population: the driver counts the non-zero synapses from its spike tallies (reach
-        # times each neuron's spikes, once per sample), the kernel skips its per-event pass over reach
-        a["tally"] = tally_table(a["reach"])
+        # times each neuron's spikes, once per sample), the kernel skips its per-event pass over reach,
+        # so only the tally table is kept (the kernel reads no reach: D_FLAG 0)
+        a["tally"] = tally_table(a.pop("reach"))
         d[D_TALLY] = ib.add(a, "tally")
+        d[D_O3] = 0
         d[D_FLAG] = 0
+    else:
+        d[D_O3] = ib.add(a, "reach")
+        d[D_FLAG] = int(a["has_zeros"])
 
 
 @njit(**SERIAL)
