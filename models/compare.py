@@ -116,9 +116,12 @@ def main():
         out = Path(args.out)
         try:
             doc = json.loads((out / "results.json").read_text())
+            text = render(doc, args)
         except (OSError, ValueError) as e:
             sys.exit(f"--report-only: cannot read {out / 'results.json'}: {e}")
-        (out / "RESULTS.md").write_text(render(doc, args))
+        except (KeyError, TypeError, AttributeError, statistics.StatisticsError) as e:
+            sys.exit(f"--report-only: {out / 'results.json'} is not a results file of this script ({e!r})")
+        (out / "RESULTS.md").write_text(text)
         print(f"wrote {out / 'RESULTS.md'}")
         return
 
