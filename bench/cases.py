@@ -422,6 +422,70 @@ def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dic
                                 "accumulators": evsim_memory.huge_page_share(acc)}}
 
 
+def _position_events(rng, n_samples, c_in, hw, per_position):
+    """``per_position`` events (distinct random channels, random signs) at every input position, in
+    memory order: the grouping the kernel sees when that many of a position's channels fire."""
+    n_pos = hw * hw
+    idx = np.zeros((n_samples, n_pos * per_position), np.int32)
+    sign = rng.choice(np.array([-1, 1], np.int8), idx.shape)
+    for n in range(n_samples):
+        ch = np.sort(np.argsort(rng.random((n_pos, c_in)), axis=1)[:, :per_position], axis=1)
+        idx[n] = (np.arange(n_pos)[:, None] * c_in + ch).ravel()
+    return idx, sign, np.full(n_samples, n_pos * per_position, np.int64)
+
+
+def scatter_per_position(rng, c, hw, groups, n_samples, reps) -> dict:
+    """What one input position and one event cost the conv kernel, on one 3x3 stride-1 ``c -> c`` layer
+    (1 thread): every position carries ``g`` events for each ``g`` in ``groups``, and a least-squares line
+    ``time per position = fixed + g * per event`` separates the cost a position pays once (decoding it,
+    loading and storing its output runs' accumulators) from what each of its events adds (one weight
+    load and one addition per vector of the runs)."""
+    set_threads(1)
+    w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+    geom = ConvGeometry(c, hw, hw, c, hw, hw, (3, 3), (1, 1), (1, 1))
+    a = row_kernel(w, geom, np.float32)
+    a["row_w"] = evsim_memory.copy(a["row_w"])
+    acc = evsim_memory.empty((n_samples, hw * hw * c), np.float32)
+    acc[...] = 0.0
+    ops = np.zeros(n_samples, np.int64)
+    row_map = geom.offset_maps()[0]
+    points = []
+    for g in groups:
+        if g > c:
+            continue
+        idx, sign, cnt = _position_events(rng, n_samples, c, hw, g)
+        args = (idx, sign, cnt, c, hw, 3, 3, row_map, a["col_plan"], hw, c, a["row_w"], a["reach"],
+                bool(a["has_zeros"]), acc, ops)
+        KR.scatter_batch(*args)
+        st = time_calls(lambda: KR.scatter_batch(*args), reps, warmup=1)
+        points.append({"events_per_position": g, "ns_per_position": st["median"] / (n_samples * hw * hw) * 1e9,
+                       "ns_per_event": st["median"] / int(cnt.sum()) * 1e9, "seconds": st})
+    gs = np.array([p["events_per_position"] for p in points], float)
+    ts = np.array([p["ns_per_position"] for p in points], float)
+    per_event, fixed = np.polyfit(gs, ts, 1) if len(points) >= 2 else (float("nan"), float("nan"))
+    return {"c_in": c, "c_out": c, "map": hw, "samples": n_samples, "points": points,
+            "fixed_ns_per_position": float(fixed), "ns_per_event": float(per_event)}
+
+
+def conv_grouping(net, x) -> list[dict]:
+    """Per conv_rows layer of a run: its input events per sample and per occupied input position (the
+    group the kernel adds with one load and store of the accumulators), from the recorded spikes."""
+    res = evsim.simulate(net, x, record=True)
+    pops = [p.name for p in net.populations]
+    rows = []
+    for cp in net.projections:
+        if cp.mode != KR.NAME or cp.source < 0:
+            continue
+        s = res.spikes[pops[cp.source]]                  # (T, N, C, H, W)
+        occupied = (s != 0).any(axis=2)                   # a position with at least one event, per step
+        events = int((s != 0).sum())
+        g = cp.geometry
+        rows.append({"name": cp.name, "c_in": g.c_in, "c_out": g.c_out, "map_in": g.h_in, "stride": g.stride[0],
+                     "events_per_sample": events / len(x), "positions_per_sample": int(occupied.sum()) / len(x),
+                     "events_per_position": events / max(1, int(occupied.sum()))})
+    return rows
+
+
 def case_kernels(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F

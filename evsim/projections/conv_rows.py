@@ -174,9 +174,15 @@ def conv_rows(ev_idx, ev_sign, cnt, c_in, w_in, kh, kw, row_map, col_plan, w_out
                 row_a[n_rows] = u(oy) * row_stride + a_x
                 row_b[n_rows] = w0 + u(ky) * kernel_row
                 n_rows += 1
-        for r0 in range(0, n_rows, ROWS):      # ROWS kernel rows per pass (all of a 3x3 kernel)
-            add_event_runs(acc, row_a[r0:], row_w, row_b[r0:], u(min(ROWS, n_rows - r0)), ev_idx, ev_sign, u(e0),
-                           u(g), first, channel, n)
+        if n_rows <= ROWS:
+            # all rows in one pass (every kernel of up to ROWS rows, a 3x3 one included), on the row tables
+            # themselves: the sliced views of the loop below cost a quarter of a one-event position's time
+            # at 16 channels (measured: 32 -> 25 ns per position, the conv scatter alone)
+            add_event_runs(acc, row_a, row_w, row_b, u(n_rows), ev_idx, ev_sign, u(e0), u(g), first, channel, n)
+        else:
+            for r0 in range(0, n_rows, ROWS):      # ROWS kernel rows per pass
+                add_event_runs(acc, row_a[r0:], row_w, row_b[r0:], u(min(ROWS, n_rows - r0)), ev_idx, ev_sign,
+                               u(e0), u(g), first, channel, n)
         ops += g * n_rows * n_taps * c_out
     if has_zeros:
         # Zero weights were added but are no synaptic operations: count each event's non-zero
