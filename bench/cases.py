@@ -258,12 +258,13 @@ def case_shipped(cfg: dict, paths: dict) -> dict:
     set_threads(1)
     b1 = cmp["baselines"][1]["evsim"]["evsim"]["best"]["batch"] if 1 in cmp["baselines"] else 64
     prof = profile_evsim(net, x[:max(b1, cfg["min_samples"], 2 * b1)], b1)
+    convs = conv_layers(net, x[:64])
     return {"name": Path(paths["dir"]).name, "weights": str(paths["weights"]), "checkpoint": str(paths["checkpoint"]),
             "notes": paths.get("notes", []), "architecture": ckpt.get("config", {}),
             "timesteps": network.timesteps, "input_shape": list(network.input_shape),
             "compiled_nbytes": net.nbytes, "comparison": cmp,
             "ratios": ratios_of(cmp, "evsim", threads), "activity": act, "agreement": agree,
-            "explain": explain_of(act, cmp, "evsim", threads), "profile_1thread": prof}
+            "explain": explain_of(act, cmp, "evsim", threads), "profile_1thread": prof, "conv_layers": convs}
 
 
 # ======================================================== case 2: ResNet-19
@@ -467,22 +468,30 @@ def scatter_per_position(rng, c, hw, groups, n_samples, reps) -> dict:
             "fixed_ns_per_position": float(fixed), "ns_per_event": float(per_event)}
 
 
-def conv_grouping(net, x) -> list[dict]:
-    """Per conv_rows layer of a run: its input events per sample and per occupied input position (the
-    group the kernel adds with one load and store of the accumulators), from the recorded spikes."""
+def conv_layers(net, x, reps: int = 5) -> list[dict]:
+    """Per conv_rows layer of a run (1 thread, one batch): its input events and occupied input positions
+    per sample (a position's events are the group the kernel adds with one load and store of the
+    accumulators of its runs; from the recorded spikes), its time (the engine's profiling run, median of
+    ``reps``) and its synaptic additions per second."""
     res = evsim.simulate(net, x, record=True)
+    evsim_run(net, x, batch_size=len(x), threads=1, profile=True)        # warm
+    runs = [evsim_run(net, x, batch_size=len(x), threads=1, profile=True) for _ in range(reps)]
     pops = [p.name for p in net.populations]
     rows = []
     for cp in net.projections:
         if cp.mode != KR.NAME or cp.source < 0:
             continue
         s = res.spikes[pops[cp.source]]                  # (T, N, C, H, W)
-        occupied = (s != 0).any(axis=2)                   # a position with at least one event, per step
+        positions = int((s != 0).any(axis=2).sum())       # positions with at least one event, over steps
         events = int((s != 0).sum())
         g = cp.geometry
-        rows.append({"name": cp.name, "c_in": g.c_in, "c_out": g.c_out, "map_in": g.h_in, "stride": g.stride[0],
-                     "events_per_sample": events / len(x), "positions_per_sample": int(occupied.sum()) / len(x),
-                     "events_per_position": events / max(1, int(occupied.sum()))})
+        sec = summarize([next(t for label, _, t in r.profile.parts if label == cp.name) for r in runs])
+        ops = int(runs[0].counters.synaptic_ops[cp.name].sum())
+        rows.append({"name": cp.name, "c_in": g.c_in, "c_out": g.c_out, "map_in": g.h_in, "map_out": g.h_out,
+                     "stride": g.stride[0], "kernel": g.kernel[0], "events_per_sample": events / len(x),
+                     "positions_per_sample": positions / len(x), "events_per_position": events / max(1, positions),
+                     "synaptic_ops_per_sample": ops / len(x), "ms_per_sample": 1e3 * sec["median"] / len(x),
+                     "gadds_per_s": ops / sec["median"] / 1e9 if sec["median"] else 0.0})
     return rows
 
 
@@ -514,6 +523,13 @@ def case_kernels(cfg: dict) -> dict:
         shapes.append(r)
         log(f"case 3: {c_in}->{c_out} on {hw}x{hw}: {r['gadds_per_s']:.2f} G additions/s "
             f"(weights {r['weights_mib']:.1f} MiB, {r['event_order']})")
+    # what an input position and an event cost, at the shipped ResNet-8's 3x3 layer shapes
+    per_position = []
+    for c, hw in cfg["kern_positions"]:
+        r = scatter_per_position(rng, c, hw, (1, 2, 4, 8, 16), max(8, cfg["kern_samples"]), cfg["kern_reps"])
+        per_position.append(r)
+        log(f"case 3: {c}->{c} on {hw}x{hw}: {r['fixed_ns_per_position']:.1f} ns per input position + "
+            f"{r['ns_per_event']:.2f} ns per event")
     two = None
     if max(cfg["threads"]) >= 2:
         two = scatter_rate(rng, 128, 128, 32, 0.10, 2 * cfg["kern_samples"], 2, cfg["kern_reps"])
@@ -536,7 +552,7 @@ def case_kernels(cfg: dict) -> dict:
             f"{head['gadds_per_s'] / roof['gadds_per_s'] * 100:.0f} %")
     return {"rows": rows, "per_run_fit_ns": {"c0_ns_per_run": float(c0), "c1_ns_per_add": float(c1)},
             "roofline": roof,
-            "densities": dens, "shapes": shapes,
+            "densities": dens, "shapes": shapes, "per_position": per_position,
             "two_threads": two, "torch_dense_conv": {"seconds": st, "gmacs_per_s": torch_gmacs, "dense_macs": dense_macs},
             "break_even_density": head["gadds_per_s"] / torch_gmacs}
 

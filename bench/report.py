@@ -9,6 +9,11 @@ from compare import IMPL_SHORT, describe
 from timing import fmt_stat
 
 TARGET_RATIO = 2.0
+# issue 18's goals against PyTorch's best configuration, per thread count: the shipped ResNet-8 (dense
+# firing) and its sparse twin; ResNet-19 keeps the project's earlier 2x (the issue asks it reported)
+GOALS_DENSE = {1: 1.5, 2: 2.0}
+GOALS_SPARSE = {1: 4.0, 2: 4.0}
+SPARSE_BELOW = 0.30         # a shipped model firing below this rate is judged by the sparse goals
 TARGET_GADDS = 15.0
 TARGET_LINEAR = 0.10
 TARGET_START_S = 2.0
@@ -34,6 +39,97 @@ def _k(d, key):
 
 
 # ------------------------------------------------------------------ targets
+def _position_fit(C: dict, c_out: int):
+    """Case 3's per-position fit for a C -> C layer, or None."""
+    return next((r for r in (C.get("kernels") or {}).get("per_position", []) if r["c_out"] == c_out), None)
+
+
+def _conv_position_share(c: dict, C: dict):
+    """Of the shipped model's 3x3 stride-1 C -> C conv layers that case 3 measured: (their share of the conv
+    time, the share of their predicted time that is the fixed cost of input positions, events per position
+    (min, max)), or None."""
+    rows = [r for r in c.get("conv_layers", []) if r["stride"] == 1 and r["kernel"] == 3 and r["c_in"] == r["c_out"]
+            and _position_fit(C, r["c_out"])]
+    if not rows:
+        return None
+    fixed = sum(r["positions_per_sample"] * _position_fit(C, r["c_out"])["fixed_ns_per_position"] for r in rows)
+    per_ev = sum(r["events_per_sample"] * _position_fit(C, r["c_out"])["ns_per_event"] for r in rows)
+    conv_ms = sum(r["ms_per_sample"] for r in c["conv_layers"])
+    return {"layers": [r["name"] for r in rows], "time_share": sum(r["ms_per_sample"] for r in rows) / conv_ms,
+            "fixed_share": fixed / (fixed + per_ev),
+            "events_per_position": (min(r["events_per_position"] for r in rows),
+                                    max(r["events_per_position"] for r in rows))}
+
+
+def _why_slower(c: dict, goals: dict, rs: dict, C: dict) -> str:
+    """Why a goal is missed, from the measurements: the work evsim skips, its speed per operation against
+    PyTorch's, what the goal would need, and (where measured) how much of the conv time is the fixed cost of
+    input positions."""
+    a = c["activity"]
+    parts = []
+    for th, g in goals.items():
+        e = _k(c["explain"], th) if (th in c["explain"] or str(th) in c["explain"]) else None
+        if not e or rs[th]["best_vs_fastest_torch"] >= g:
+            continue
+        need = g * e["work_ratio_adds_over_dense_macs"]
+        parts.append(f"{th} thr: evsim performs {_pct(e['work_ratio_adds_over_dense_macs'])} of the folded network's "
+                     f"dense MACs as additions ({a['synaptic_ops_per_sample'] / 1e6:.1f} M of "
+                     f"{a['dense_work_per_sample'] / 1e6:.1f} M per sample) at {e['evsim_gadds_per_s']:.2f} G/s against "
+                     f"PyTorch's {e['torch_folded_gmacs_per_s']:.1f} G MAC/s (folded runner at its best), "
+                     f"{e['per_op_speed_ratio']:.2f}x its speed per operation; {g:g}x needs {need:.2f}x "
+                     f"({need * e['torch_folded_gmacs_per_s']:.1f} G additions/s)")
+    why = "; ".join(parts) + "." if parts else ""
+    roof = (C.get("kernels") or {}).get("roofline") or {}
+    if a["firing_rate"] >= SPARSE_BELOW and roof.get("gadds_per_s"):
+        why += (f" The firing rate leaves {_pct(1 - a['synaptic_ops_per_sample'] / a['dense_work_per_sample'])} of "
+                f"the dense work to skip, and on this CPU a vector addition issues no faster than the vector FMA it "
+                f"replaces ({roof['basis']}; a dense conv reuses each weight from a register over many outputs where "
+                f"the scatter loads a weight for every addition), so the goal asks the event-driven adds to run "
+                f"faster per operation than a tuned dense convolution.")
+    sh = _conv_position_share(c, C)
+    if sh:
+        lo, hi = sh["events_per_position"]
+        why += (f" Its 3x3 C -> C conv layers ({', '.join(sh['layers'])}; {_pct(sh['time_share'], 0)} of the conv "
+                f"time) see {lo:.1f}-{hi:.1f} events per occupied input position, and case 3's fit puts "
+                f"{_pct(sh['fixed_share'], 0)} of their time on the fixed cost of a position (decoding it and its "
+                "kernel rows, holding its output runs' accumulators) rather than on the events' additions"
+                + ("; at this firing rate few events share each position's fixed cost." if a["firing_rate"] < SPARSE_BELOW
+                   else "."))
+    return why
+
+
+def _integer_target(path=None) -> dict | None:
+    """Issue 14's speed goal for the integer engine, from the last committed ``bench/integer.py`` run
+    (bench/INTEGER.json, run on its own; its report is included below as a section)."""
+    import json
+    path = Path(path) if path else Path(__file__).resolve().parent / "INTEGER.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    ratios: dict[str, list[float]] = {}
+    for r in d["results"]:
+        if "ratio_to_float32" in r and r["arithmetic"] != "float32":
+            ratios.setdefault(r["arithmetic"], []).append(r["ratio_to_float32"])
+    if not ratios:
+        return None
+    i16, i32 = ratios.get("int16", []), ratios.get("int32", [])
+    measured = "; ".join(f"{k}: {min(v):.2f}-{max(v):.2f}x float32" for k, v in (("int16", i16), ("int32", i32)) if v)
+    models = sorted({r["model"] for r in d["results"]})
+    threads = sorted({r["threads"] for r in d["results"]})
+    return {"name": "integer engine against float32, shipped models (" + ", ".join(models) + "), "
+                    + "/".join(map(str, threads)) + " threads",
+            "target": "int32 >= 1x float32 and int16 (16-bit accumulators) > 1x, every model and thread count (issue 14)",
+            "measured": measured + f" (`python bench/integer.py --rounds {d['rounds']} --reps {d['reps']}`, "
+                        f"{d['machine'].get('date', '')[:10]}; section below)",
+            "status": bool(i16 and i32 and min(i16) > 1.0 and min(i32) >= 1.0),
+            "why": ("int32's conv loops compile to the same instructions as float32's (a 64-byte chunk holds 16 lanes "
+                    "of either: one weight load folded into an xor, one add); the gap sits in the 16-channel layers, "
+                    "where it moves with where each compiled kernel lands in memory (0.99x in some processes, 0.91x in "
+                    "others, on the same events), and in the saturating neuron update and the input's rescale; see "
+                    "the section below."
+                    if i32 and min(i32) < 1.0 else "")}
+
+
 def _scaling_cases(c: dict) -> list[str]:
     """The networks of the scaling case that were measured: the shipped models, then ResNet-19."""
     return [k for k in c if k.startswith("shipped")] + [k for k in c if k.startswith("resnet19")]
@@ -57,13 +153,25 @@ def evaluate_targets(R: dict) -> list[dict]:
                              f"{_pct(cfg['r19_target_rate'], 0)})"))
     new = any("rows" in (C[k].get("comparison") or {}) for k in C if k.startswith(("shipped", "resnet19")))
     for c, label in entries:
-        t = {"name": f"end-to-end throughput, {label}",
-             "target": (f">= {TARGET_RATIO:g}x PyTorch's best configuration with at most the machine's "
-                        f"{max(cfg['threads'])} threads (implementation, memory format, eager or compiled, batch), "
-                        "each side in its own process, evsim at its best batch" if new else
-                        f">= {TARGET_RATIO:g}x the faster PyTorch variant, both on the machine's "
-                        f"{max(cfg['threads'])} threads, each side at its best batch (fewer threads shown too)"),
-             "status": None, "measured": "-", "why": ""}
+        shipped = label.startswith("shipped")
+        goals = None
+        if shipped and c and "activity" in c:
+            goals = GOALS_SPARSE if c["activity"]["firing_rate"] < SPARSE_BELOW else GOALS_DENSE
+        if goals:
+            goal_text = "; ".join(f">= {g:g}x at {th} thread{'s' if th > 1 else ''}" for th, g in goals.items()
+                                  if th in cfg["threads"])
+            target = (f"{goal_text} (issue 18), against PyTorch's best configuration with at most that many threads "
+                      "(implementation, memory format, eager or compiled, batch), each side in its own process, "
+                      "evsim at its best batch")
+        elif new:
+            target = (f">= {TARGET_RATIO:g}x PyTorch's best configuration with at most the machine's "
+                      f"{max(cfg['threads'])} threads (implementation, memory format, eager or compiled, batch), "
+                      "each side in its own process, evsim at its best batch (the project's earlier target; issue 18 "
+                      "asks for this network reported at both settings)")
+        else:
+            target = (f">= {TARGET_RATIO:g}x the faster PyTorch variant, both on the machine's "
+                      f"{max(cfg['threads'])} threads, each side at its best batch (fewer threads shown too)")
+        t = {"name": f"end-to-end throughput, {label}", "target": target, "status": None, "measured": "-", "why": ""}
         if c and "ratios" in c and c["ratios"]:
             rs = {th: _k(c["ratios"], th) for th in cfg["threads"] if th in c["ratios"] or str(th) in c["ratios"]}
 
@@ -79,20 +187,15 @@ def evaluate_targets(R: dict) -> list[dict]:
                     extra.append(f"batch 1: {r['batch1_vs_fastest_torch']:.2f}x")
                 return s_ + (f" ({'; '.join(extra)})" if extra else "")
             t["measured"] = "; ".join(one(th, r) for th, r in rs.items())
-            top = max(rs)
-            t["status"] = rs[top]["best_vs_fastest_torch"] >= TARGET_RATIO
-            a = c["activity"]
-            e = _k(c["explain"], top) if c.get("explain") and (top in c["explain"] or str(top) in c["explain"]) else None
-            if not t["status"] and e:
-                t["why"] = (f"firing rate {_pct(a['firing_rate'])}: evsim performs "
-                            f"{a['synaptic_ops_per_sample'] / 1e6:.1f} M additions per sample, "
-                            f"{_pct(e['work_ratio_adds_over_dense_macs'])} of the folded network's dense "
-                            f"{a['dense_work_per_sample'] / 1e6:.1f} M MACs, but at {e['evsim_gadds_per_s']:.2f} G additions/s "
-                            f"against PyTorch's {e['torch_folded_gmacs_per_s']:.1f} G MAC/s "
-                            f"({top} thr, folded runner at its best), i.e. {e['per_op_speed_ratio']:.3f}x the speed per "
-                            f"operation. At this per-operation speed, 2x needs the events to cost <= "
-                            f"{_pct(e['work_ratio_needed_for_2x'])} of the dense work (firing rate "
-                            f"~{_pct(e['firing_rate_needed_for_2x_estimate'])} at the same layer mix).")
+            want = goals or {max(rs): TARGET_RATIO}
+            judged = {th: g for th, g in want.items() if th in rs}
+            t["status"] = all(rs[th]["best_vs_fastest_torch"] >= g for th, g in judged.items()) if judged else None
+            if not t["status"] and c.get("explain"):
+                t["why"] = _why_slower(c, judged, rs, C)
+        out.append(t)
+
+    t = _integer_target()
+    if t:
         out.append(t)
 
     c = C.get("kernels")
@@ -524,6 +627,24 @@ def write_markdown(R: dict, path) -> str:
               "| part | share | ms/sample | layers |", "|---|---|---|---|"]
         for k, v in sorted(p["share"].items(), key=lambda kv: -kv[1]):
             L.append(f"| {k} | {_pct(v)} | {p['ms_per_sample'][k]:.3f} | {p.get('layers', {}).get(k, '-')} |")
+        cl = c.get("conv_layers")
+        if cl:
+            L += ["", "Its conv layers (1 thread, one batch of 64, the engine's profiling run, median of 5; events and "
+                      "occupied input positions from the recorded spikes, summed over the T steps; the last column "
+                      "applies case 3's per-position fit where it measured the shape):", "",
+                  "| layer | C_in -> C_out, map, stride | events / sample | occupied positions / sample | events per "
+                  "position | ms / sample | G additions/s | fixed cost of positions (case 3 fit) |",
+                  "|---|---|---|---|---|---|---|---|"]
+            for r in cl:
+                f = _position_fit(C, r["c_out"]) if (r["stride"] == 1 and r["kernel"] == 3
+                                                      and r["c_in"] == r["c_out"]) else None
+                share = "-"
+                if f:
+                    fx = r["positions_per_sample"] * f["fixed_ns_per_position"]
+                    share = _pct(fx / (fx + r["events_per_sample"] * f["ns_per_event"]), 0)
+                L.append(f"| {r['name']} | {r['c_in']} -> {r['c_out']}, {r['map_in']}x{r['map_in']}, {r['stride']} | "
+                         f"{r['events_per_sample']:.0f} | {r['positions_per_sample']:.0f} | {r['events_per_position']:.2f} | "
+                         f"{r['ms_per_sample']:.3f} | {r['gadds_per_s']:.2f} | {share} |")
 
     c = C.get("resnet19")
     if c and "settings" in c:
@@ -588,6 +709,21 @@ def write_markdown(R: dict, path) -> str:
         d = c["torch_dense_conv"]
         L += [f"For comparison, PyTorch's dense conv of the 128 -> 128 layer (1 thread, batch 1): {d['gmacs_per_s']:.1f} G MAC/s; "
               f"the event-driven layer is cheaper than the dense one below ~{_pct(c['break_even_density'])} input density."]
+        pp = c.get("per_position")
+        if pp:
+            gs = [p["events_per_position"] for p in pp[0]["points"]]
+            L += ["", "What an input position and an event cost (`scatter_per_position`, the shipped ResNet-8's 3x3 C -> C "
+                      f"shapes, 1 thread, {pp[0]['samples']} samples per call): every input position carries g events "
+                      "(distinct random channels, random signs, memory order), and a least-squares line through the time "
+                      "per position separates the fixed cost of a position (decoding it and its kernel rows, loading and "
+                      "storing the accumulators of its output runs, once for all its events) from the cost of each event "
+                      "(one weight load and one addition per 64-byte vector of its runs):", "",
+                  "| C -> C | map | fixed ns per position | ns per event | " + " | ".join(f"ns per position, g = {g}" for g in gs)
+                  + " |", "|---|---|---|---|" + "---|" * len(gs)]
+            for r in pp:
+                by = {p["events_per_position"]: p["ns_per_position"] for p in r["points"]}
+                L.append(f"| {r['c_in']} -> {r['c_out']} | {r['map']}x{r['map']} | {r['fixed_ns_per_position']:.1f} | "
+                         f"{r['ns_per_event']:.2f} | " + " | ".join(f"{by[g]:.1f}" if g in by else "-" for g in gs) + " |")
 
     c = C.get("linearity")
     if c:
@@ -705,6 +841,12 @@ def write_markdown(R: dict, path) -> str:
                   "worker threads, which keep spinning after a call, had held the speed-up of the sparse model at "
                   "1.0x)."]
     here = Path(__file__).resolve().parent
+    codegen = here / "CODEGEN.md"                        # bench/codegen.py, run on its own
+    if codegen.is_file():
+        L += ["", demote_title(codegen.read_text()).rstrip()]
+    integer = here / "INTEGER.md"                        # bench/integer.py, run on its own
+    if integer.is_file():
+        L += ["", demote_title(integer.read_text()).rstrip()]
     dask_runs = here / "DISTRIBUTED.md"                  # bench/distributed_eval.py, run on its own
     if dask_runs.is_file():
         L += ["", demote_title(dask_runs.read_text()).rstrip()]

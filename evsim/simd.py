@@ -20,6 +20,12 @@ than what the hardware can do:
 Both use AVX-512 where the CPU has it (``vpcompressd``/``vpcompressb``,
 masked loads and stores); LLVM lowers the same IR to other instructions on
 CPUs without it, correct everywhere but only measured here on AVX-512.
+The choice is made per CPU when the kernels are compiled (``_target_has``,
+``_target_block``): the queue compresses bytes and dwords where VBMI2 exists
+(Ice Lake and later, Zen 4), dwords only (the spike values widened) on
+AVX-512 cores without it (Skylake-SP, Cascade Lake), and stores lane by
+lane without AVX-512; the runs hold 6 chunks per row in 32 vector registers
+and 2 in 16.
 
 Numba's own staleness check of the kernel cache looks at ``evsim/kernels.py``
 alone; :mod:`evsim.jitcache` keys the cache directory on this file's content
@@ -120,6 +126,13 @@ def queue16(typingctx, frame, start, stride, ev_idx, ev_sign, cnt):
             # of two source trees, 3 interleaved rounds). Not measured on an Intel AVX-512 core here.
             _store_lanes(builder, _compress(builder, indices, spike), builder.gep(idx_arr.data, [c]))
             _store_lanes(builder, _compress(builder, values, spike), builder.gep(sign_arr.data, [c]))
+        elif _target_has("avx512f", "avx512vl"):
+            # AVX-512 without VBMI2 (Skylake-SP, Cascade Lake, Cooper Lake): no byte compress, but the dword one
+            # is there; the 16 spike values, widened to dwords, take it too and are narrowed back for the store
+            # (vpmovsxbd, vpcompressd, vpmovdb), instead of the per-lane stores below
+            _store_lanes(builder, _compress(builder, indices, spike), builder.gep(idx_arr.data, [c]))
+            wide = _compress(builder, builder.sext(values, _V_I32), spike)
+            _store_lanes(builder, builder.trunc(wide, _V_I8), builder.gep(sign_arr.data, [c]))
         else:
             # Without those instructions LLVM expands a compress into a branch per lane, which
             # mispredicts on random spikes (measured with code for AVX2: 2.5x the time of the
