@@ -174,11 +174,21 @@ def profile_evsim(net, x: np.ndarray, batch: int) -> dict:
             "layers": {k: layers.get(k, "-") for k in parts}}
 
 
+def _profiled_runs(net, x, reps: int) -> list:
+    """``reps`` profiled runs of one batch on 1 thread, after a warm-up run: each result's ``profile.parts``
+    gives every projection's share of the driver's time."""
+    evsim_run(net, x, batch_size=len(x), threads=1, profile=True)        # warm
+    return [evsim_run(net, x, batch_size=len(x), threads=1, profile=True) for _ in range(reps)]
+
+
+def _layer_seconds(run_, name: str) -> float:
+    return next(sec for label, _, sec in run_.profile.parts if label == name)
+
+
 def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
     """Wall time of the conv scatter per layer shape (1 thread, one batch, from the engine's profiling
     run: each conv_rows projection's share of the driver's time); median over ``reps`` runs."""
-    evsim_run(net, x, batch_size=len(x), threads=1, profile=True)        # warm
-    runs = [evsim_run(net, x, batch_size=len(x), threads=1, profile=True) for _ in range(reps)]
+    runs = _profiled_runs(net, x, reps)
     acc, secs = {}, {}
     for cp in net.projections:
         if cp.mode != KR.NAME:
@@ -193,7 +203,7 @@ def scatter_by_shape(net, x, reps: int = 3) -> list[dict]:
         r["calls"] += 1
         times = secs.setdefault(key, [0.0] * reps)
         for i, run_ in enumerate(runs):
-            times[i] += next(sec for label, _, sec in run_.profile.parts if label == cp.name)
+            times[i] += _layer_seconds(run_, cp.name)
     rows = []
     for key, r in acc.items():
         r["seconds"] = summarize(secs[key])
@@ -386,22 +396,33 @@ def _events(rng, n_samples, c_in, hw, density, channel_major):
     return idx, sign, cnt
 
 
-def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dict:
-    """The engine's conv kernel (``scatter_conv_rows``) on one 3x3 stride-1 layer, the same call repeated."""
-    set_threads(threads)
+def _conv3x3(rng, c_in, c_out, hw, n_samples):
+    """One 3x3 stride-1 conv layer with random float32 weights, lowered for the row kernel, with its weights
+    and ``n_samples`` accumulators in the memory the engine gives them (evsim.memory: huge pages). Returns
+    the lowered arrays, the accumulators, the per-sample operation counts and ``args(idx, sign, cnt)``: the
+    arguments of ``scatter_batch`` for a batch of events."""
     w = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)
     geom = ConvGeometry(c_in, hw, hw, c_out, hw, hw, (3, 3), (1, 1), (1, 1))
     a = row_kernel(w, geom, np.float32)
-    channel_major = a["row_w"].nbytes > CHANNEL_MAJOR_WEIGHT_BYTES
-    idx, sign, cnt = _events(rng, n_samples, c_in, hw, density, channel_major)
-    # weights and accumulators in the memory the engine gives them (evsim.memory: huge pages)
     a["row_w"] = evsim_memory.copy(a["row_w"])
     acc = evsim_memory.empty((n_samples, hw * hw * c_out), np.float32)
     acc[...] = 0.0
     ops = np.zeros(n_samples, np.int64)
     row_map = geom.offset_maps()[0]
-    args = (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["reach"],
-            bool(a["has_zeros"]), acc, ops)
+
+    def args(idx, sign, cnt):
+        return (idx, sign, cnt, c_in, hw, 3, 3, row_map, a["col_plan"], hw, c_out, a["row_w"], a["reach"],
+                bool(a["has_zeros"]), acc, ops)
+    return a, acc, ops, args
+
+
+def scatter_rate(rng, c_in, c_out, hw, density, n_samples, threads, reps) -> dict:
+    """The engine's conv kernel (``scatter_conv_rows``) on one 3x3 stride-1 layer, the same call repeated."""
+    set_threads(threads)
+    a, acc, ops, layer_args = _conv3x3(rng, c_in, c_out, hw, n_samples)
+    channel_major = a["row_w"].nbytes > CHANNEL_MAJOR_WEIGHT_BYTES
+    idx, sign, cnt = _events(rng, n_samples, c_in, hw, density, channel_major)
+    args = layer_args(idx, sign, cnt)
     KR.scatter_batch(*args)
     ops[:] = 0
     KR.scatter_batch(*args)
@@ -442,21 +463,13 @@ def scatter_per_position(rng, c, hw, groups, n_samples, reps) -> dict:
     loading and storing its output runs' accumulators) from what each of its events adds (one weight
     load and one addition per vector of the runs)."""
     set_threads(1)
-    w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
-    geom = ConvGeometry(c, hw, hw, c, hw, hw, (3, 3), (1, 1), (1, 1))
-    a = row_kernel(w, geom, np.float32)
-    a["row_w"] = evsim_memory.copy(a["row_w"])
-    acc = evsim_memory.empty((n_samples, hw * hw * c), np.float32)
-    acc[...] = 0.0
-    ops = np.zeros(n_samples, np.int64)
-    row_map = geom.offset_maps()[0]
+    _, _, _, layer_args = _conv3x3(rng, c, c, hw, n_samples)
     points = []
     for g in groups:
         if g > c:
             continue
         idx, sign, cnt = _position_events(rng, n_samples, c, hw, g)
-        args = (idx, sign, cnt, c, hw, 3, 3, row_map, a["col_plan"], hw, c, a["row_w"], a["reach"],
-                bool(a["has_zeros"]), acc, ops)
+        args = layer_args(idx, sign, cnt)
         KR.scatter_batch(*args)
         st = time_calls(lambda: KR.scatter_batch(*args), reps, warmup=1)
         points.append({"events_per_position": g, "ns_per_position": st["median"] / (n_samples * hw * hw) * 1e9,
@@ -474,8 +487,7 @@ def conv_layers(net, x, reps: int = 5) -> list[dict]:
     accumulators of its runs; from the recorded spikes), its time (the engine's profiling run, median of
     ``reps``) and its synaptic additions per second."""
     res = evsim.simulate(net, x, record=True)
-    evsim_run(net, x, batch_size=len(x), threads=1, profile=True)        # warm
-    runs = [evsim_run(net, x, batch_size=len(x), threads=1, profile=True) for _ in range(reps)]
+    runs = _profiled_runs(net, x, reps)
     pops = [p.name for p in net.populations]
     rows = []
     for cp in net.projections:
@@ -485,7 +497,7 @@ def conv_layers(net, x, reps: int = 5) -> list[dict]:
         positions = int((s != 0).any(axis=2).sum())       # positions with at least one event, over steps
         events = int((s != 0).sum())
         g = cp.geometry
-        sec = summarize([next(t for label, _, t in r.profile.parts if label == cp.name) for r in runs])
+        sec = summarize([_layer_seconds(r, cp.name) for r in runs])
         ops = int(runs[0].counters.synaptic_ops[cp.name].sum())
         rows.append({"name": cp.name, "c_in": g.c_in, "c_out": g.c_out, "map_in": g.h_in, "map_out": g.h_out,
                      "stride": g.stride[0], "kernel": g.kernel[0], "events_per_sample": events / len(x),

@@ -25,6 +25,7 @@ Nothing here is timed: the code is read, not measured.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -32,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import llvmlite.binding as ll
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["znver4", "sapphirerapids", "icelake-server", "skylake-avx512", "znver3", "haswell"]
@@ -120,9 +123,6 @@ def main() -> int:
         lines.append(f"| {r['target']} | {DESCRIBE.get(r['target'], '-')} | {r['intrinsics']}, compress: {r['compress']} | "
                      f"{', '.join(r['compress_register']) or 'none'} | {r['compress_memory']} | {r['block_chunks']} | "
                      f"{r['conv_zmm']} / {r['conv_ymm']} | {r['conv_vector_spills']} / {r['conv_vector_reloads']} |")
-    import datetime
-
-    import llvmlite.binding as ll
     head = ["# The engine's code on each CPU it picks a path for", "",
             f"`python bench/codegen.py` on {datetime.date.today().isoformat()}, generated on this machine "
             f"(host CPU: LLVM {ll.get_host_cpu_name()}) for each target with `NUMBA_CPU_NAME` and its "
