@@ -42,18 +42,21 @@ from evsim.fixedpoint import quantize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["fmnist-resnet8-ternary", "fmnist-resnet8-ternary-e4", "fmnist-resnet8-ternary-sparse"]
-CONFIGS = {"float32": None, "int32": dict(weight_bits=8, membrane_bits=16),
-           "int16": dict(weight_bits=8, membrane_bits=12)}
+# name: (quantiser settings or None for the float network, engine dtype, compile_network options)
+CONFIGS = {"float32": (None, "float32", {}),
+           "int32": (dict(weight_bits=8, membrane_bits=16), "int32", {}),
+           "int32-wide": (dict(weight_bits=8, membrane_bits=16), "int32", {"narrow_synaptic": False}),
+           "int16": (dict(weight_bits=8, membrane_bits=12), "int16", {})}
 
 
 def build(model: str) -> dict:
     """The compiled networks of one model, or the reason one cannot be built."""
     net = read_network(ROOT / "models" / model / "folded.h5")
     out = {}
-    for name, q in CONFIGS.items():
+    for name, (q, dtype, opts) in CONFIGS.items():
         try:
             g = net if q is None else quantize(net, **q)
-            out[name] = compile_network(g, dtype=name)
+            out[name] = compile_network(g, dtype=dtype, **opts)
         except EvsimError as e:
             out[name] = str(e)
     return out

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import NetworkError
-from .fixedpoint import INT16_BITS, leak, membrane_range, readout_weight_dtype
+from .fixedpoint import INT16_BITS, leak, membrane_range, readout_weight_dtype, synaptic_input_bits
 from .graph import INPUT, READOUT, Network, Population, Projection, conv_output_hw
 from .layout import cl_permutation
 from .limits import Limits
@@ -149,6 +149,9 @@ class CompiledNetwork:
     # the same network flattened for the fused driver (evsim.program.Program), built by compile_network;
     # the projections' arrays above are views of its buffers, so the weights are held once
     program: Any = None
+    # the type the event-driven projections' weights are held and a step's synaptic input is summed in: the
+    # run's, or int16 in an int32 run whose synaptic input fits 16 bits (kept apart from the membranes)
+    synaptic_dtype: Any = None
 
     @property
     def reported_projections(self) -> list[CompiledProjection]:
@@ -327,12 +330,19 @@ def direct_dtype(network: Network, pr: Projection, dt):
 
 def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel",
                     explicit_limit_mb: float = DEFAULT_EXPLICIT_LIMIT_MB,
-                    limits: Limits | None = None) -> CompiledNetwork:
-    """Lower a validated network for the engine, in ``dtype`` ("float32" or "float64").
+                    limits: Limits | None = None, narrow_synaptic: bool = True) -> CompiledNetwork:
+    """Lower a validated network for the engine, in ``dtype`` ("float32" or "float64"; "int32" or
+    "int16" for a fixed-point network).
 
     Numbers the dtype cannot hold are refused (:func:`check_range`), and so is any array this
     builds from the geometry alone that would exceed the memory budget (``limits``, by default
     :meth:`evsim.limits.Limits.from_env`).
+
+    An int32 run of a fixed-point network whose synaptic input of one step fits 16 bits
+    (:func:`evsim.fixedpoint.synaptic_input_bits`) holds its event-driven weights in int16 and sums
+    each step's synaptic input apart from the membranes, in int16, adding it to them when the
+    population fires: the same integers, with the vector runs at 32 lanes instead of 16.
+    ``narrow_synaptic=False`` keeps everything in int32 (the plain int32 engine, for comparison).
     """
     if dtype not in DTYPES:
         raise NetworkError(f"unknown dtype {dtype!r} (use float32 or float64; int32 or int16 for a fixed-point network)")
@@ -346,6 +356,9 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
     dt = DTYPES[dtype]
     limits = limits or Limits.from_env()
     network.validate()
+    sdt = dt                               # the type the event-driven weights and a step's input take
+    if fx is not None and dt == np.int32 and narrow_synaptic and synaptic_input_bits(network) <= INT16_BITS:
+        sdt = np.int16
     if fx is None:
         check_range(network, dtype)          # a fixed-point network's range is checked by its accumulator_bits
     order = network.topological_order()
@@ -389,17 +402,17 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
         cp.mode = choose_kind(pr, network.encoding, conv_mode)
         if pr.pool is not None:
             cp.geometry, cp.arrays, correction, cp.dense_macs = lower_pooled(
-                pr, src_shape, tgt_shape, dt, conv_mode, explicit_limit_mb, limits)
+                pr, src_shape, tgt_shape, sdt, conv_mode, explicit_limit_mb, limits)
         elif cp.mode == dense.NAME:
             cp.arrays, cp.direct_macs, cp.input_reach = dense.lower(pr, geom, direct_dtype(network, pr, dt),
                                                                     src_shape, tgt_shape)
             if fx is not None:
                 cp.rescale = fx.rescale[pr.name]
         elif cp.mode == csr.NAME:
-            wdt = readout_weight_dtype(network, dt) if tgt < 0 else dt     # an int16 run's readout: int32
+            wdt = readout_weight_dtype(network, dt) if tgt < 0 else sdt    # an int16 run's readout: int32
             cp.arrays = csr.lower(pr, geom, wdt, src_shape, tgt_shape, explicit_limit_mb)
         else:
-            cp.arrays = KINDS[cp.mode].lower(pr, geom, dt)
+            cp.arrays = KINDS[cp.mode].lower(pr, geom, sdt)
         if pr.bias is not None:
             if tgt < 0:
                 readout_bias += pr.bias.astype(readout_bias.dtype)
@@ -427,7 +440,8 @@ def compile_network(network: Network, dtype="float64", conv_mode: str = "kernel"
             if w.nbytes > CHANNEL_MAJOR_WEIGHT_BYTES:
                 cpops[cp.source].channel_major = True
     net = CompiledNetwork(network, np.dtype(dt), cpops, cprojs, incoming, readout_incoming, direct,
-                          readout_bias if fx else readout_bias.astype(dt), n_out, conv_mode)
+                          readout_bias if fx else readout_bias.astype(dt), n_out, conv_mode,
+                          synaptic_dtype=np.dtype(sdt))
     from .program import build_program      # program.py builds on this module's types
     build_program(net)
     return net

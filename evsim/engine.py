@@ -224,21 +224,25 @@ def _result(net, x, out_acc, direct_out, n_pos, n_neg, events_in, syn_ops, input
     return SimulationResult(outputs=outputs, counters=counters, timesteps=T, spikes=spikes)
 
 
-def _take_workspace(prog, N, n_total, max_pop, dt):
+def _take_workspace(prog, N, n_total, max_pop, dt, sdt):
     """The large state arrays of a batch of N: reused from the previous batch of the same size.
 
     A batch touches tens of MB of state; allocating it afresh every batch
     costs page faults (and, with huge pages, zeroing 2 MiB pages) on every
-    call. Every array here is fully written before it is read. A workspace
-    in use is taken out of the cache, so concurrent calls on the same
-    network each get their own.
+    call. Every array here but the synaptic input (zeroed once, below) is
+    fully written before it is read. A workspace in use is taken out of the
+    cache, so concurrent calls on the same network each get their own.
     """
     cache = prog.workspaces
     ws = cache.pop(N, None)
     if ws is None:
         ws = (memory.empty((N, n_total), dt), memory.empty((N, n_total), dt), memory.empty((N, max_pop), np.int8),
               memory.empty((N, n_total), np.int32), memory.empty((N, n_total), np.int8),
-              memory.empty((N, n_total if prog.pop_tally.any() else 0), np.uint8))
+              memory.empty((N, n_total if prog.pop_tally.any() else 0), np.uint8),
+              # a step's synaptic input, where it is summed apart from the membranes (a narrow int32 run):
+              # zeroed once here; the driver leaves it zero at the end of every run (kernels.StateRecord)
+              memory.empty((N, n_total if sdt != dt else 0), sdt))
+        ws[-1][...] = 0
     return ws
 
 
@@ -279,8 +283,9 @@ def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, 
     dt = net.dtype
     prog = build_program(net)
     n_total = int(prog.pop_off[-1])
-    ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt)
-    drive, v, frame, ev_idx, ev_sign, tally = ws
+    sdt = dt if net.synaptic_dtype is None else net.synaptic_dtype
+    ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt, sdt)
+    drive, v, frame, ev_idx, ev_sign, tally, syn = ws
     # the direct-input currents; the driver adds them to the biases, sample by sample (on its threads:
     # a batch's drive, filled here in serial NumPy, capped the two-thread speed-up at ~1.8x)
     t_direct = time.perf_counter()
@@ -317,7 +322,7 @@ def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, 
     t_driver = time.perf_counter()
     K.run_network(T, spike_input, record, profile, n_groups, prog.samples_per_pass(N), prog.record,
                   K.StateRecord(v, h, drive, frame, ev_idx, ev_sign, ev_cnt, in_idx, in_sign, np.zeros(N, dtype=np.int64),
-                               tally),
+                               tally, syn),
                   K.InputRecord(xs, current, current_map),
                   K.CounterRecord(n_pos, n_neg, syn_ops, events_in, input_events, out_acc, rec, ticks))
     t_driver = time.perf_counter() - t_driver

@@ -283,6 +283,24 @@ def accumulator_bits(network: Network) -> int:
     return int(math.ceil(math.log2(worst + 1))) + 1
 
 
+def synaptic_input_bits(network: Network) -> int:
+    """Signed bits the event-driven synaptic input of one step into one neuron can need, over every
+    population: the sum of its incoming event-driven projections' largest sums of |weight| (what the
+    spikes of one step, each +-1, can add at most). Biases and direct-input currents are not part of
+    it (the driver adds them to the membrane), nor is the membrane itself.
+
+    Where it is at most 16, an int32 run accumulates each step's synaptic input apart from the
+    membranes, in int16 (32 lanes per AVX-512 vector instead of 16), and adds it to them when the
+    population fires: the same integers, since adds wrap modulo 2**16 and the step's final sum
+    fits (:func:`evsim.compiler.compile_network`, ``narrow_synaptic``)."""
+    direct = network.encoding == "direct"       # a direct-encoded input's projections feed the drive
+    worst = 0.0
+    for p in network.populations:
+        worst = max(worst, sum(fan_in_bound(pr) for pr in network.incoming(p.name)
+                               if not (direct and pr.source == INPUT)))
+    return int(math.ceil(math.log2(worst + 1))) + 1
+
+
 # ---------------------------------------------------------------------- quantiser
 SCALE_RULES = ("mse", "max")
 SCALE_CANDIDATES = 96       # clipping points tried by the "mse" rule, evenly over (0, max|W|]

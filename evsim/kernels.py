@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core import types
 from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 from . import jitcache
 from .clock import ticks
@@ -178,6 +179,34 @@ def queue_frame(frame, n_neurons, n_channels, channel_major, ev_idx, ev_sign):
     return cnt, pos, cnt - pos
 
 
+def _membrane(v, syn, i):
+    """Membrane ``i`` after this step's synaptic input: ``v[i]``, plus ``syn[i]`` where the run sums the
+    input apart (``syn``'s type is not v's: a narrow int32 run), which it then clears for the next step.
+    Exact: the sum that wrapped in ``syn``'s type fits it (:func:`evsim.fixedpoint.synaptic_input_bits`),
+    and membrane plus input fits v's (:attr:`evsim.fixedpoint.FixedPoint.accumulator_bits`). Read inside
+    the update loops, so the input costs no pass of its own over the membranes. (This body runs only
+    under NUMBA_DISABLE_JIT.)"""
+    if syn.dtype == v.dtype:
+        return v[i]
+    u = v.dtype.type(v[i] + syn[i])
+    syn[i] = 0
+    return u
+
+
+@overload(_membrane, inline="always")
+def _membrane_typed(v, syn, i):
+    if syn.dtype != v.dtype:
+        vt = as_dtype(v.dtype).type
+        zero = as_dtype(syn.dtype).type(0)
+
+        def apart(v, syn, i):
+            u = vt(v[i] + syn[i])
+            syn[i] = zero
+            return u
+        return apart
+    return lambda v, syn, i: v[i]
+
+
 @njit(**_SERIAL, inline="always")
 def _leak(tmul, tshift, x):
     """``(tau * x) >> f`` as ``(tmul * x) >> tshift``: with tau = 2**-n the caller passes tmul = 1, tshift = n."""
@@ -185,14 +214,14 @@ def _leak(tmul, tshift, x):
 
 
 @njit(**_SERIAL, inline="always")
-def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive, frame):
+def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive, syn, frame):
     n_neurons = v.shape[0]
     zero = np.int64(0)
     if model == LIF_BINARY or model == LIF_BINARY_SUB or model == CUBA_LIF or model == CUBA_LIF_SUB:
         sub = model == LIF_BINARY_SUB or model == CUBA_LIF_SUB
         cuba = model == CUBA_LIF or model == CUBA_LIF_SUB
         for i in range(n_neurons):
-            u = min(max(np.int64(v[i]), lo), hi)
+            u = min(max(np.int64(_membrane(v, syn, i)), lo), hi)
             p = u >= th
             frame[i] = p
             if sub:
@@ -207,7 +236,7 @@ def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive
     elif model == CTSN_STATIC or model == CTSN_EVENT:
         static = model == CTSN_STATIC
         for i in range(n_neurons):
-            u = min(max(np.int64(v[i]), lo), hi)
+            u = min(max(np.int64(_membrane(v, syn, i)), lo), hi)
             p = u >= th
             q = u <= -th
             frame[i] = np.int8(p) - np.int8(q)
@@ -222,7 +251,7 @@ def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive
             v[i] = hn + np.int64(drive[i])
     else:
         for i in range(n_neurons):
-            u = min(max(np.int64(v[i]), lo), hi)
+            u = min(max(np.int64(_membrane(v, syn, i)), lo), hi)
             p = u >= th
             q = u <= -th
             frame[i] = np.int8(p) - np.int8(q)
@@ -230,7 +259,7 @@ def _fire_fixed_loop(model, tmul, tshift, th, ka, kb, kg, f, lo, hi, v, h, drive
 
 
 @njit(**_SERIAL, inline="always")
-def _fire_fixed_narrow(model, sh, th, mth, lo, hi, inside, v, drive, frame):
+def _fire_fixed_narrow(model, sh, th, mth, lo, hi, inside, v, drive, syn, frame):
     """:func:`_fire_fixed_loop` for the models whose update is a clamp, compares, one shift and additions
     (ternary and binary LIF, reset to zero or by subtraction, leak 2**-n), in the state's own type: 16 int32
     or 32 int16 lanes per AVX-512 vector where int64 gave 8. ``sh, th, mth, lo, hi`` are of that type (the
@@ -249,21 +278,21 @@ def _fire_fixed_narrow(model, sh, th, mth, lo, hi, inside, v, drive, frame):
     zero = v.dtype.type(0)
     if inside and model == LIF_TERNARY:
         for i in range(n_neurons):
-            u = v[i]
+            u = _membrane(v, syn, i)
             p = u >= th
             q = u <= mth
             frame[i] = np.int8(p) - np.int8(q)
             v[i] = np.right_shift(zero if (p or q) else u, sh) + drive[i]
     elif inside and model == LIF_BINARY:
         for i in range(n_neurons):
-            u = v[i]
+            u = _membrane(v, syn, i)
             p = u >= th
             frame[i] = p
             u = lo if u < lo else u
             v[i] = np.right_shift(zero if p else u, sh) + drive[i]
     elif model == LIF_BINARY:
         for i in range(n_neurons):
-            u = v[i]
+            u = _membrane(v, syn, i)
             u = lo if u < lo else u
             u = hi if u > hi else u
             p = u >= th
@@ -271,7 +300,7 @@ def _fire_fixed_narrow(model, sh, th, mth, lo, hi, inside, v, drive, frame):
             v[i] = np.right_shift(zero if p else u, sh) + drive[i]
     elif model == LIF_BINARY_SUB:
         for i in range(n_neurons):
-            u = v[i]
+            u = _membrane(v, syn, i)
             u = lo if u < lo else u
             u = hi if u > hi else u
             p = u >= th
@@ -279,7 +308,7 @@ def _fire_fixed_narrow(model, sh, th, mth, lo, hi, inside, v, drive, frame):
             v[i] = np.right_shift(u, sh) - (th if p else zero) + drive[i]
     else:
         for i in range(n_neurons):
-            u = v[i]
+            u = _membrane(v, syn, i)
             u = lo if u < lo else u
             u = hi if u > hi else u
             p = u >= th
@@ -295,7 +324,7 @@ def _fits(v, x):
 
 
 @njit(**_SERIAL)
-def fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+def fire_fixed(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major, ev_idx, ev_sign):
     """:func:`fire` in integer arithmetic, for a fixed-point network (docs/FIXED_POINT.md).
 
     ``prm``: the model's integer constants [tau, v_threshold, k_alpha (k_syn), k_beta, k_gamma], the
@@ -306,7 +335,10 @@ def fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, e
     tau = 2**-n (the Ternary Spike models' 0.25) is ``u >> n``, a shift with no multiply. The state arrays
     (int16 or int32) only ever receive values the quantiser proved fit them. Ternary and binary LIF with
     such a leak (and a threshold and membrane range the state's type holds) run in that type
-    (:func:`_fire_fixed_narrow`: the same numbers, 2-4 times the lanes); the others in int64.
+    (:func:`_fire_fixed_narrow`: the same numbers, 2-4 times the lanes); the others in int64. ``syn``: the
+    step's synaptic input where the run sums it apart from ``v`` (a narrow int32 run: int16), which each
+    loop adds to the membrane as it reads it and clears (:func:`_membrane`); else an empty array of v's
+    type.
     """
     th = np.int64(prm[1])
     ka = np.int64(prm[2])
@@ -320,34 +352,35 @@ def fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, e
     if narrow:                   # a shift past the type's width fills with the sign bit, as in int64
         sh = v.dtype.type(min(np.int64(fxp[4]), np.int64(v.itemsize * 8 - 1)))
         t = v.dtype.type
-        _fire_fixed_narrow(model, sh, t(th), t(-th), t(lo), t(hi), 0 < th <= hi and lo <= -th, v, drive, frame)
+        _fire_fixed_narrow(model, sh, t(th), t(-th), t(lo), t(hi), 0 < th <= hi and lo <= -th, v, drive, syn, frame)
     elif fxp[3] == 1:            # the constant 1 reaches the inlined loop: no multiply there
-        _fire_fixed_loop(model, np.int64(1), np.int64(fxp[4]), th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
+        _fire_fixed_loop(model, np.int64(1), np.int64(fxp[4]), th, ka, kb, kg, f, lo, hi, v, h, drive, syn, frame)
     else:
-        _fire_fixed_loop(model, np.int64(fxp[3]), np.int64(fxp[4]), th, ka, kb, kg, f, lo, hi, v, h, drive, frame)
+        _fire_fixed_loop(model, np.int64(fxp[3]), np.int64(fxp[4]), th, ka, kb, kg, f, lo, hi, v, h, drive, syn,
+                         frame)
     return queue_frame(frame, v.shape[0], n_channels, channel_major, ev_idx, ev_sign)
 
 
-def fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+def fire_population(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major, ev_idx, ev_sign):
     """:func:`fire` or :func:`fire_fixed`, chosen by the state's type when the driver is compiled.
     ``prm``: the population's row of ``pop_params``; ``fxp``: its row of ``pop_fixed``.
     (This body runs only under NUMBA_DISABLE_JIT; compiled code takes the overload's choice.)"""
     if np.issubdtype(v.dtype, np.integer):
-        return fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major,
+        return fire_fixed(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major,
                           ev_idx, ev_sign)
     return fire(model, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive, frame, n_channels, channel_major,
                 ev_idx, ev_sign)
 
 
 @overload(fire_population, inline="always")
-def _fire_population(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+def _fire_population(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major, ev_idx, ev_sign):
     if isinstance(v.dtype, types.Integer):
-        def fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
-            return fire_fixed(model, prm, fxp, v, h, drive, frame, n_channels, channel_major,
+        def fixed(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major, ev_idx, ev_sign):
+            return fire_fixed(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major,
                               ev_idx, ev_sign)
         return fixed
 
-    def real(model, prm, fxp, v, h, drive, frame, n_channels, channel_major, ev_idx, ev_sign):
+    def real(model, prm, fxp, v, h, drive, syn, frame, n_channels, channel_major, ev_idx, ev_sign):
         return fire(model, prm[0], prm[1], prm[2], prm[3], prm[4], v, h, drive, frame, n_channels, channel_major,
                     ev_idx, ev_sign)
     return real
@@ -462,6 +495,10 @@ class StateRecord(NamedTuple):
     in_sign: np.ndarray
     in_cnt: np.ndarray             # (N,)
     tally: np.ndarray              # (N, n_total) uint8: spikes of each neuron of a tallied population since the last flush
+    syn: np.ndarray                # (N, n_total) a step's synaptic input, summed apart from v where its type differs
+                                   # from v's (a narrow int32 run: int16); else (N, 0) of v's type, unused. Zero
+                                   # when a run starts: each population's fire clears its part after its inputs
+                                   # of the step (a topological order), so every run ends with it zero again
 
 
 class InputRecord(NamedTuple):
@@ -487,11 +524,30 @@ PROFILE_INPUT, PROFILE_DRIVE = 0, 1    # the two columns after the steps' in Cou
 TALLY_MAX = 255                        # spikes a uint8 tally holds: the driver flushes at least this often
 
 
+def synaptic_target(v, syn, n, lo, hi):
+    """The array that the projections into the population at ``[lo, hi)`` of sample ``n`` add to: the
+    membranes ``v``, or ``syn`` where the run sums a step's synaptic input apart (its type is not v's).
+    (This body runs only under NUMBA_DISABLE_JIT; compiled code takes the overload's choice.)"""
+    return syn[n, lo:hi] if syn.dtype != v.dtype else v[n, lo:hi]
+
+
+@overload(synaptic_target, inline="always")
+def _synaptic_target(v, syn, n, lo, hi):
+    if syn.dtype != v.dtype:
+        return lambda v, syn, n, lo, hi: syn[n, lo:hi]
+    return lambda v, syn, n, lo, hi: v[n, lo:hi]
+
+
 @njit(**_SERIAL)
-def _tally(frame, tally):
-    """Add each neuron's spike of this step (``frame`` in {-1, 0, 1}) to its count: 64 neurons a vector."""
-    for i in range(tally.shape[0]):
-        tally[i] += frame[i] & 1
+def _tally(frame, tally, fresh):
+    """Add each neuron's spike of this step (``frame`` in {-1, 0, 1}) to its count, 64 neurons a vector;
+    ``fresh``: the first step of a count, which sets it instead (no pass of its own to clear the counts)."""
+    if fresh:
+        for i in range(tally.shape[0]):
+            tally[i] = frame[i] & 1
+    else:
+        for i in range(tally.shape[0]):
+            tally[i] += frame[i] & 1
 
 
 @njit(**_SERIAL, inline="always")
@@ -512,18 +568,11 @@ def _tally_ops(table, tally):
 
 
 @njit(**_SERIAL)
-def _zero_tallies(pop_off, pop_size, pop_tally, tally):
-    for i in range(pop_size.shape[0]):
-        if pop_tally[i] != 0:
-            tally[pop_off[i]:pop_off[i] + pop_size[i]] = 0
-
-
-@njit(**_SERIAL)
-def _flush_tallies(first, last, reset, program, tally, syn_ops, profile, tick, t0):
+def _flush_tallies(first, last, program, tally, syn_ops, profile, tick, t0):
     """Add the operations counted from tallies (:func:`run_network`) for samples ``first .. last - 1``, each
-    projection's time to its own step when profiling (returns the clock's last reading), then, with
-    ``reset``, start fresh tallies before a byte could overflow. Out of line: the driver's own loops stay as
-    they were for networks without tallies."""
+    projection's time to its own step when profiling (returns the clock's last reading). The next step's
+    :func:`_tally` starts fresh counts. Out of line: the driver's own loops stay as they were for networks
+    without tallies."""
     steps, desc, pop_off, pop_size, ibuf = program.steps, program.desc, program.pop_off, program.pop_size, program.ibuf
     for s in range(steps.shape[0]):
         j = steps[s, 1]
@@ -537,9 +586,6 @@ def _flush_tallies(first, last, reset, program, tally, syn_ops, profile, tick, t
                 t1 = ticks()
                 tick[s] += t1 - t0
                 t0 = t1
-    if reset:
-        for n in range(first, last):
-            _zero_tallies(pop_off, pop_size, program.pop_tally, tally[n])
     return t0
 
 
@@ -575,6 +621,11 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
     small); a chunk of the whole group lets a layer's weights serve every
     sample while they are in cache (best when the weights are large).
 
+    A narrow int32 run (:attr:`evsim.compiler.CompiledNetwork.synaptic_dtype` int16) adds each step's
+    synaptic input into ``syn`` instead of ``v`` (:func:`synaptic_target`), and the population's update
+    adds it to the membranes (:func:`fire_fixed`); a population without event-driven input reads ``v``
+    alone.
+
     Zero weights that a kernel adds (a quantised conv's rows, a dense CSR row
     stored with its zeros) are no synaptic operations. For a projection from a
     population that marks ``desc[j, D_TALLY]``, the kernel's count is not used:
@@ -592,6 +643,7 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
         program.pop_tally)
     v, h, drive, frame, ev_idx, ev_sign = state.v, state.h, state.drive, state.frame, state.ev_idx, state.ev_sign
     ev_cnt, in_idx, in_sign, in_cnt, tally = state.ev_cnt, state.in_idx, state.in_sign, state.in_cnt, state.tally
+    syn = state.syn
     x_spikes, current, current_map = inputs.x_spikes, inputs.current, inputs.current_map
     n_pos, n_neg, syn_ops, events_in = counters.n_pos, counters.n_neg, counters.syn_ops, counters.events_in
     input_events, out_acc, spikes, tick = counters.input_events, counters.out_acc, counters.spikes, counters.ticks
@@ -601,6 +653,10 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
     has_tally = False
     for i in range(n_pops):
         has_tally = has_tally or pop_tally[i] != 0
+    fed = np.zeros(n_pops, dtype=np.bool_)    # populations with event-driven input (the others' syn is unused)
+    for j in range(desc.shape[0]):
+        if desc[j, D_DST] >= 0 and desc[j, D_MODE] >= 0:
+            fed[desc[j, D_DST]] = True
     per_group = (n_samples + n_groups - 1) // n_groups
     for g in prange(n_groups):
         g_first = g * per_group
@@ -616,8 +672,6 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
                     for i in range(current_map[d, 2]):
                         drive[n, lo + i] += current[n, c0 + i]
                 v[n, :] = drive[n, :]
-                if has_tally:
-                    _zero_tallies(pop_off, pop_size, pop_tally, tally[n])
             if profile:
                 t1 = ticks()
                 tick[g, n_steps + PROFILE_DRIVE] += t1 - t0
@@ -644,7 +698,7 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
                                 ops = _scatter_from(j, src, n, program, state, out_acc[n])
                             else:
                                 ops = _scatter_from(j, src, n, program, state,
-                                                    v[n, pop_off[dst]:pop_off[dst] + pop_size[dst]])
+                                                    synaptic_target(v, syn, n, pop_off[dst], pop_off[dst] + pop_size[dst]))
                             events_in[n, j] += cnt
                             if desc[j, D_TALLY] < 0:       # else counted from the source's tallies below
                                 syn_ops[n, j] += ops
@@ -653,16 +707,23 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
                         hi = lo + pop_size[j]
                         prm = pop_params[j]
                         for n in range(first, last):
-                            cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
-                                                            h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
-                                                            frame[n, :hi - lo], pop_channels[j],
-                                                            pop_channel_major[j] != 0, ev_idx[n, lo:hi],
-                                                            ev_sign[n, lo:hi])
+                            if fed[j]:
+                                cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
+                                                                h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
+                                                                syn[n, lo:hi], frame[n, :hi - lo], pop_channels[j],
+                                                                pop_channel_major[j] != 0, ev_idx[n, lo:hi],
+                                                                ev_sign[n, lo:hi])
+                            else:      # no event-driven input: none was summed apart (v's own type, empty)
+                                cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
+                                                                h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
+                                                                v[n, lo:lo], frame[n, :hi - lo], pop_channels[j],
+                                                                pop_channel_major[j] != 0, ev_idx[n, lo:hi],
+                                                                ev_sign[n, lo:hi])
                             ev_cnt[n, j] = cnt
                             n_pos[n, j] += pos
                             n_neg[n, j] += neg
                             if pop_tally[j] != 0:
-                                _tally(frame[n, :hi - lo], tally[n, lo:hi])
+                                _tally(frame[n, :hi - lo], tally[n, lo:hi], t % TALLY_MAX == 0)
                             if record:
                                 to_frame(ev_idx[n, lo:hi], ev_sign[n, lo:hi], cnt, spikes[n, t, lo:hi])
                     if profile:
@@ -670,7 +731,7 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
                         tick[g, s] += t1 - t0
                         t0 = t1
                 if has_tally and (t == timesteps - 1 or t % TALLY_MAX == TALLY_MAX - 1):
-                    t0 = _flush_tallies(first, last, t < timesteps - 1, program, tally, syn_ops, profile, tick[g], t0)
+                    t0 = _flush_tallies(first, last, program, tally, syn_ops, profile, tick[g], t0)
 
 
 # ------------------------------------------------ batch forms of the per-sample kernels (kernel tests)

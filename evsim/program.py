@@ -119,10 +119,11 @@ def build_program(net: CompiledNetwork) -> Program:
 
 def _build(net: CompiledNetwork) -> Program:
     dt = net.dtype
+    sdt = dt if net.synaptic_dtype is None else net.synaptic_dtype     # event-driven weights (int16: narrow int32)
     J = len(net.projections)
     desc = np.full((J, T.DESC_WIDTH), -1, dtype=np.int64)
-    scale = np.zeros(J, dtype=dt)
-    ib, i32, fb = _Buffer(np.int64), _Buffer(np.int32), _Buffer(dt)
+    scale = np.zeros(J, dtype=sdt)
+    ib, i32, fb = _Buffer(np.int64), _Buffer(np.int32), _Buffer(sdt)
     for j, cp in enumerate(net.projections):
         d = desc[j]
         d[T.D_SRC], d[T.D_DST] = cp.source, cp.target
@@ -167,6 +168,8 @@ def _build(net: CompiledNetwork) -> Program:
         pop_fixed=np.array([p.fixed for p in pops], dtype=np.int64).reshape(len(pops), 5),
         pop_channels=np.array([p.channels for p in pops], dtype=np.int64),
         pop_channel_major=np.array([p.channel_major for p in pops], dtype=np.int64),
-        # membrane, drive (float), event index (int32), event sign and frame (int8), complement
-        state_bytes=int(sum(sizes) * (2 * dt.itemsize + 4 + 2) + sum(hsizes) * dt.itemsize),
+        # membrane, drive (float), event index (int32), event sign and frame (int8), complement, and a
+        # step's synaptic input where it is summed apart (a narrow int32 run)
+        state_bytes=int(sum(sizes) * (2 * dt.itemsize + 4 + 2 + (sdt.itemsize if sdt != dt else 0))
+                        + sum(hsizes) * dt.itemsize),
     )

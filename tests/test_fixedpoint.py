@@ -22,7 +22,7 @@ from evsim.compiler import compile_network
 from evsim.engine import simulate
 from evsim.errors import FormatError, NetworkError
 from evsim.fixedpoint import (FixedPoint, accumulator_bits, check, quantize, real_outputs, round_half_even,
-                              weight_scale)
+                              synaptic_input_bits, weight_scale)
 from evsim.graph import Network, Population, Projection
 from evsim.neurons import NEURON_MODELS
 from test_format import assert_same_network
@@ -31,9 +31,9 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "fmnist-resnet8-terna
 ALL_MODELS = tuple(NEURON_MODELS)
 
 
-def same_as_reference(q: Network, x: np.ndarray, dtype: str = "int32"):
+def same_as_reference(q: Network, x: np.ndarray, dtype: str = "int32", **compile_options):
     """Run the engine and the integer reference; assert every spike and integer output identical."""
-    r = simulate(compile_network(q, dtype), x, record=True)
+    r = simulate(compile_network(q, dtype, **compile_options), x, record=True)
     out, spikes = DenseRunner(q)(torch.from_numpy(np.ascontiguousarray(x)), return_spikes=True)
     assert r.outputs.dtype == np.int64
     np.testing.assert_array_equal(r.outputs, out.numpy())
@@ -177,6 +177,64 @@ def test_engine_matches_integer_reference(model, encoding):
     r32 = same_as_reference(q16, x, "int32")
     r16 = same_as_reference(q16, x, "int16")
     np.testing.assert_array_equal(r16.outputs, r32.outputs)
+
+
+def _same_runs(a, b):
+    """Two runs with the same outputs, spikes and counters."""
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    for k, v in b.spikes.items():
+        np.testing.assert_array_equal(a.spikes[k], v, err_msg=k)
+    for attr in ("spikes_pos", "spikes_neg", "events_in", "synaptic_ops"):
+        for k, v in getattr(b.counters, attr).items():
+            np.testing.assert_array_equal(getattr(a.counters, attr)[k], v, err_msg=f"{attr} {k}")
+
+
+@pytest.mark.parametrize("encoding", ["direct", "spikes"])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_narrow_synaptic_input_is_the_int32_run(model, encoding):
+    """An int32 run whose synaptic input of a step fits 16 bits sums it apart, in int16 (weights in int16,
+    32 lanes a vector), and adds it to the int32 membranes when the population fires: every spike, output
+    and counter as the all-int32 run and the integer reference, for every neuron model, and again when
+    the batch's workspace (its int16 sums, left zero by the previous run) is reused."""
+    net = networks.residual_net(model=model, encoding=encoding)
+    x = networks.random_input(net, 3, seed=5)
+    q = quantize(net, 4)
+    assert q.fixed_point.accumulator_bits > 16 and synaptic_input_bits(q) <= 16
+    narrow = compile_network(q, "int32")
+    wide = compile_network(q, "int32", narrow_synaptic=False)
+    assert narrow.synaptic_dtype == np.int16 and narrow.program.fbuf.dtype == np.int16
+    assert wide.synaptic_dtype == np.int32 and wide.program.fbuf.dtype == np.int32
+    r = same_as_reference(q, x, "int32")
+    _same_runs(r, same_as_reference(q, x, "int32", narrow_synaptic=False))
+    other = networks.random_input(net, 3, seed=6)
+    _same_runs(simulate(narrow, other, record=True), simulate(wide, other, record=True))
+    _same_runs(simulate(narrow, x, record=True), r)            # the reused workspace starts clean
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_synaptic_input_at_the_int16_bound(extra):
+    """A neuron whose synaptic input reaches 32767 + ``extra`` in a step: every source neuron fires +1 at
+    every step (its bias is the threshold) through weights 127 and 90 + ``extra`` levels of a step 151. At
+    32767 the sum fits int16 and the run keeps it there, exactly; one level more and it stays in int32."""
+    q = quantize(networks.mlp_net(encoding="direct", hidden=16), 8, membrane_bits=16)
+    fx = q.fixed_point
+    pr = {p.name: p for p in q.projections}
+    th = next(p for p in q.populations if p.name == "h1").params["v_threshold"]
+    pr["fc1"].bias = np.full(pr["fc1"].weight.shape[0], float(th))
+    step = 151
+    w = np.zeros_like(pr["fc2"].weight)
+    w[0, 0], w[0, 1] = 127 * step, (90 + extra) * step
+    w[1:, 2:5] = -3 * step
+    pr["fc2"].weight, fx.steps["fc2"] = w, step
+    fx.accumulator_bits = accumulator_bits(q)
+    check(q)
+    assert synaptic_input_bits(q) == 16 + extra
+    assert compile_network(q, "int32").synaptic_dtype == (np.int16 if extra == 0 else np.int32)
+    x = np.zeros((2,) + tuple(q.input_shape))
+    x[1] = networks.random_input(q, 1, seed=2)[0]
+    r = same_as_reference(q, x, "int32")
+    assert np.all(r.spikes["h1"][:, 0] == 1)                   # the bound is reached at every step
+    _same_runs(r, same_as_reference(q, x, "int32", narrow_synaptic=False))
 
 
 def test_int16_refused_when_accumulators_need_more():
@@ -516,7 +574,7 @@ def test_narrow_neuron_update_is_the_int64_update(model, dtype):
         idx, sign = np.zeros(n, np.int32), np.zeros(n, np.int8)
         prm = np.array([1, th, 0, 0, 0], np.int64)
         fxp = np.array([12, lo, hi, 1, shift], np.int64)
-        cnt, pos, neg = K.fire_fixed(code, prm, fxp, v, v[:0], drive, frame, 1, False, idx, sign)
+        cnt, pos, neg = K.fire_fixed(code, prm, fxp, v, v[:0], drive, v[:0], frame, 1, False, idx, sign)
         np.testing.assert_array_equal(v, want.astype(dtype), err_msg=f"{m_bits} {th} {shift}")
         spikes = p.astype(np.int8) - q.astype(np.int8)
         np.testing.assert_array_equal(frame, spikes)

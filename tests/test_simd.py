@@ -58,14 +58,16 @@ def _add_runs(acc, a_rows, w, b_rows, offsets, signs, count, n):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(DTYPES), st.sampled_from([16, 32, 48, 64, 96, 112, 192]) | st.integers(0, 200),
+@given(st.sampled_from(DTYPES), st.sampled_from([4, 8, 16, 24, 32, 40, 48, 64, 80, 96, 112, 192]) | st.integers(0, 200),
        st.integers(1, 3), st.integers(0, 6), st.integers(0, 20), st.integers(0, 2**32 - 1))
 def test_add_runs_equals_one_run_per_event_and_row_in_order(dtype, n, n_rows, count, a0, seed):
     """A group of events on 1-3 output runs (kernel rows), against the same runs added one by one, in order,
     in NumPy.
 
-    Lengths that are whole vectors (plain loads), that end inside a block (masked), of one or several
-    blocks of 6 vectors and a rest of 1-5."""
+    Lengths that are whole vectors (plain loads), that end half way into a vector (a plain half-width
+    access: 4, 12, ... float64; 8, 24, 40 float32 and int32; 16, 48, 80, 112 int16), that end elsewhere
+    inside a block (masked), of one or several blocks of 6 vectors and a rest of 1-5. The runs of a group
+    lie a few elements apart, so a store past a run's end would show."""
     rng = np.random.default_rng(seed)
     w = _values(rng, 800, dtype)
     b_rows = rng.integers(0, 100, size=n_rows).astype(np.uint64)
