@@ -252,3 +252,30 @@ def test_codegen_reads_compress_forms_and_vector_spills_from_the_assembly():
     assert r["compress_register"] == ["vpcompressb", "vpcompressd"] and r["compress_memory"] == 1
     assert (r["conv_vector_spills"], r["conv_vector_reloads"]) == (1, 1)
     assert (r["conv_zmm"], r["conv_ymm"]) == (4, 3)
+
+
+def test_integer_bench_merges_processes_round_by_round():
+    """bench/integer.py --processes: the ratio to float32 is the median, over every round of every process,
+    of the round's own ratio (the two measured side by side), with each process's own ratio beside it."""
+    import integer
+
+    def doc(rounds_f, rounds_i, load):
+        res = [{"model": "m", "threads": 1, "arithmetic": "float32", "per_round": rounds_f,
+                "base_per_round": rounds_f, "synaptic_ops": 1.0},
+               {"model": "m", "threads": 1, "arithmetic": "int32", "per_round": rounds_i,
+                "base_per_round": rounds_f, "synaptic_ops": 1.0},
+               {"model": "m", "threads": 1, "arithmetic": "int16", "refused": "too wide"}]
+        return integer.summarize({"results": res, "load_average_1min": load, "processes": 1})
+
+    a = doc([100.0, 100.0], [120.0, 130.0], [1.0, 1.1])       # ratios 1.2, 1.3
+    b = doc([50.0, 200.0], [45.0, 220.0], [1.2])               # ratios 0.9, 1.1: a slower process
+    assert a["results"][1]["ratio_to_float32"] == pytest.approx(1.25)
+    m = integer.merge([a, b])
+    r = m["results"][1]
+    assert r["per_round"] == [120.0, 130.0, 45.0, 220.0] and r["base_per_round"] == [100.0, 100.0, 50.0, 200.0]
+    assert r["ratio_to_float32"] == pytest.approx(1.15)       # median of 1.2, 1.3, 0.9, 1.1
+    assert r["ratio_per_process"] == pytest.approx([1.25, 1.0])
+    assert r["samples_per_s"] == pytest.approx(125.0)
+    assert m["processes"] == 2 and m["load_average_1min"] == [1.0, 1.1, 1.2]
+    assert m["results"][2] == {"model": "m", "threads": 1, "arithmetic": "int16", "refused": "too wide"}
+    assert a["results"][1]["per_round"] == [120.0, 130.0]     # the process's own document is left as it was
