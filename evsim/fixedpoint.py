@@ -494,6 +494,7 @@ def summary(network: Network) -> dict:
         rows.append(row)
     return {"weight_bits": fx.weight_bits, "membrane_bits": fx.membrane_bits, "frac_bits": fx.frac_bits,
             "accumulator_bits": fx.accumulator_bits, "int16": fx.accumulator_bits <= INT16_BITS,
+            "synaptic_input_bits": synaptic_input_bits(network),
             "input_unit": fx.input_unit if network.encoding == "direct" else None,
             "input_levels": list(fx.input_levels) if network.encoding == "direct" else None,
             "membrane_unit": dict(fx.membrane_unit), "projections": rows}
@@ -505,7 +506,9 @@ def format_summary(network: Network) -> str:
     s = summary(network)
     lines = [f"fixed point: {s['weight_bits']}-bit weights, {s['membrane_bits']}-bit membranes, constants over "
              f"2**{s['frac_bits']}; accumulators need {s['accumulator_bits']} bits: "
-             + ("runs in int32 or int16" if s["int16"] else "runs in int32 (int16 needs at most 16)")]
+             + ("runs in int32 or int16" if s["int16"] else "runs in int32 (int16 needs at most 16)")
+             + f"; a step's synaptic input needs {s['synaptic_input_bits']} bits"
+             + (" (an int32 run sums it in int16)" if s["synaptic_input_bits"] <= INT16_BITS else "")]
     if s["input_unit"] is not None:
         lines.append(f"  input: levels {s['input_levels'][0]}..{s['input_levels'][1]} of {s['input_unit']:.6g}")
     rows = []

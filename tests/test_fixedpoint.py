@@ -405,6 +405,7 @@ def test_cli_quantize_summary_and_overwrite(shipped_q8):
     out, text = shipped_q8
     assert "8-bit weights, 16-bit membranes" in text and "accumulators need 20 bits" in text
     assert "int16 needs at most 16" in text and "layers.3.shortcut" in text and "step / rescale" in text
+    assert "a step's synaptic input needs 16 bits (an int32 run sums it in int16)" in text
     before = out.read_bytes()
     err = one_line_error(invoke("quantize", "-w", SHIPPED / "folded.h5", "--weight-bits", 4, "-o", out))
     assert "--force" in err and out.read_bytes() == before
@@ -475,6 +476,7 @@ def test_cli_verify_and_info_modes(shipped_q8, tmp_path):
     assert r.exit_code == 0 and "format v2, fixed point" in r.stdout and "accumulators need 20 bits" in r.stdout
     doc = json.loads(invoke("info", "--json", shipped_q8[0]).stdout)
     assert doc["format_version"] == 2 and doc["fixed_point"]["weight_bits"] == 8
+    assert doc["fixed_point"]["synaptic_input_bits"] == 16
     assert json.loads(invoke("info", "--json", SHIPPED / "folded.h5").stdout)["format_version"] == 1
 
 
