@@ -623,8 +623,7 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
 
     A narrow int32 run (:attr:`evsim.compiler.CompiledNetwork.synaptic_dtype` int16) adds each step's
     synaptic input into ``syn`` instead of ``v`` (:func:`synaptic_target`), and the population's update
-    adds it to the membranes (:func:`fire_fixed`); a population without event-driven input reads ``v``
-    alone.
+    adds it to the membranes (:func:`fire_fixed`).
 
     Zero weights that a kernel adds (a quantised conv's rows, a dense CSR row
     stored with its zeros) are no synaptic operations. For a projection from a
@@ -653,10 +652,6 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
     has_tally = False
     for i in range(n_pops):
         has_tally = has_tally or pop_tally[i] != 0
-    fed = np.zeros(n_pops, dtype=np.bool_)    # populations with event-driven input (the others' syn is unused)
-    for j in range(desc.shape[0]):
-        if desc[j, D_DST] >= 0 and desc[j, D_MODE] >= 0:
-            fed[desc[j, D_DST]] = True
     per_group = (n_samples + n_groups - 1) // n_groups
     for g in prange(n_groups):
         g_first = g * per_group
@@ -707,18 +702,11 @@ def run_network(timesteps, spike_input, record, profile, n_groups, chunk, progra
                         hi = lo + pop_size[j]
                         prm = pop_params[j]
                         for n in range(first, last):
-                            if fed[j]:
-                                cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
-                                                                h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
-                                                                syn[n, lo:hi], frame[n, :hi - lo], pop_channels[j],
-                                                                pop_channel_major[j] != 0, ev_idx[n, lo:hi],
-                                                                ev_sign[n, lo:hi])
-                            else:      # no event-driven input: none was summed apart (v's own type, empty)
-                                cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
-                                                                h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
-                                                                v[n, lo:lo], frame[n, :hi - lo], pop_channels[j],
-                                                                pop_channel_major[j] != 0, ev_idx[n, lo:hi],
-                                                                ev_sign[n, lo:hi])
+                            cnt, pos, neg = fire_population(pop_code[j], prm, pop_fixed[j], v[n, lo:hi],
+                                                            h[n, h_off[j]:h_off[j + 1]], drive[n, lo:hi],
+                                                            syn[n, lo:hi], frame[n, :hi - lo], pop_channels[j],
+                                                            pop_channel_major[j] != 0, ev_idx[n, lo:hi],
+                                                            ev_sign[n, lo:hi])
                             ev_cnt[n, j] = cnt
                             n_pos[n, j] += pos
                             n_neg[n, j] += neg
