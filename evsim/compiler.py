@@ -150,8 +150,12 @@ class CompiledNetwork:
     # the projections' arrays above are views of its buffers, so the weights are held once
     program: Any = None
     # the type the event-driven projections' weights are held and a step's synaptic input is summed in: the
-    # run's, or int16 in an int32 run whose synaptic input fits 16 bits (kept apart from the membranes)
+    # run's (the default), or int16 in an int32 run whose synaptic input fits 16 bits (kept apart from the
+    # membranes)
     synaptic_dtype: Any = None
+
+    def __post_init__(self):
+        self.synaptic_dtype = np.dtype(self.dtype if self.synaptic_dtype is None else self.synaptic_dtype)
 
     @property
     def reported_projections(self) -> list[CompiledProjection]:

@@ -283,8 +283,8 @@ def _simulate(net: CompiledNetwork, x: np.ndarray, record: bool, profile: bool, 
     dt = net.dtype
     prog = build_program(net)
     n_total = int(prog.pop_off[-1])
-    sdt = dt if net.synaptic_dtype is None else net.synaptic_dtype
-    ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt, sdt)
+    ws = _take_workspace(prog, N, n_total, max((p.size for p in net.populations), default=0), dt,
+                         net.synaptic_dtype)
     drive, v, frame, ev_idx, ev_sign, tally, syn = ws
     # the direct-input currents; the driver adds them to the biases, sample by sample (on its threads:
     # a batch's drive, filled here in serial NumPy, capped the two-thread speed-up at ~1.8x)

@@ -119,7 +119,7 @@ def build_program(net: CompiledNetwork) -> Program:
 
 def _build(net: CompiledNetwork) -> Program:
     dt = net.dtype
-    sdt = dt if net.synaptic_dtype is None else net.synaptic_dtype     # event-driven weights (int16: narrow int32)
+    sdt = net.synaptic_dtype           # event-driven weights (int16 in a narrow int32 run)
     J = len(net.projections)
     desc = np.full((J, T.DESC_WIDTH), -1, dtype=np.int64)
     scale = np.zeros(J, dtype=sdt)

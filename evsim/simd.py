@@ -154,6 +154,9 @@ def queue16(typingctx, frame, start, stride, ev_idx, ev_sign, cnt):
     return sig, codegen
 
 
+HALF = object()    # as a chunk's mask: the chunk holds the first half of a vector (_Runs.load, _Runs.store)
+
+
 class _Runs:
     """LLVM pieces shared by the synaptic-run intrinsics: 64-byte vectors of the weights' type (float32/64 for
     real networks, int16/int32 for fixed-point ones: 16, 8 or 32 lanes)."""
@@ -187,30 +190,28 @@ class _Runs:
         return self.b.bitcast(self.b.gep(base, [offset]), self.vptr)
 
     def load(self, p, mask=None):
-        """A whole vector, or (``mask``) only its masked lanes, the others read as zero."""
+        """A whole vector; with a ``mask``, only its masked lanes, the others read as zero; with
+        :data:`HALF`, its first half by a plain load of half the width, the rest zero."""
+        b = self.b
         if mask is None:
-            return self.b.load(p, align=self.size)
-        return self.b.call(self._mload, [p, self.align, mask, ir.Constant(self.vt, None)])
+            return b.load(p, align=self.size)
+        if mask is HALF:
+            half = b.load(b.bitcast(p, self.half_vt.as_pointer()), align=self.size)
+            return b.shuffle_vector(half, ir.Constant(self.half_vt, None),
+                                    ir.Constant(ir.VectorType(_i32, self.lanes), list(range(self.lanes))))
+        return b.call(self._mload, [p, self.align, mask, ir.Constant(self.vt, None)])
 
     def store(self, value, p, mask=None):
+        """:meth:`load`'s counterpart: the whole vector, its masked lanes, or (:data:`HALF`) its first half."""
+        b = self.b
         if mask is None:
-            self.b.store(value, p, align=self.size)
+            b.store(value, p, align=self.size)
+        elif mask is HALF:
+            half = b.shuffle_vector(value, ir.Constant(self.vt, ir.Undefined),
+                                    ir.Constant(ir.VectorType(_i32, self.lanes // 2), list(range(self.lanes // 2))))
+            b.store(half, b.bitcast(p, self.half_vt.as_pointer()), align=self.size)
         else:
-            self.b.call(self._mstore, [value, p, self.align, mask])
-
-    def load_half(self, p):
-        """The first half of a vector (a plain load of half the width), the rest zero."""
-        b = self.b
-        half = b.load(b.bitcast(p, self.half_vt.as_pointer()), align=self.size)
-        return b.shuffle_vector(half, ir.Constant(self.half_vt, None),
-                                ir.Constant(ir.VectorType(_i32, self.lanes), list(range(self.lanes))))
-
-    def store_half(self, value, p):
-        """Store the first half of ``value`` (a plain store of half the width)."""
-        b = self.b
-        half = b.shuffle_vector(value, ir.Constant(self.vt, ir.Undefined),
-                                ir.Constant(ir.VectorType(_i32, self.lanes // 2), list(range(self.lanes // 2))))
-        b.store(half, b.bitcast(p, self.half_vt.as_pointer()), align=self.size)
+            b.call(self._mstore, [value, p, self.align, mask])
 
     def flip(self, sign):
         """What the event's sign does to every lane of the weights, as a vector: for floats the sign
@@ -367,14 +368,10 @@ def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows,
                 left = builder.sub(n_val, builder.select(builder.icmp_unsigned("<", at, n_val), at, n_val))
                 masks[i] = r.lane_mask(builder.select(builder.icmp_unsigned("<", left, lanes), left, lanes))
         elif tail == "half":
-            masks[-1] = "half"
-
-        def load(p, m):
-            return r.load_half(p) if isinstance(m, str) else r.load(p, m)
-
+            masks[-1] = HALF
         for row, pa in enumerate(pas):
             for i in range(size):
-                builder.store(load(r.ptr(pa, ats[i]), masks[i]), held[row][i])
+                builder.store(r.load(r.ptr(pa, ats[i]), masks[i]), held[row][i])
         if r.is_int:         # the -1 events of the block, counted (see below)
             builder.store(ir.Constant(r.int_ty, 0), negatives)
         with cgutils.for_range(builder, count) as ev:
@@ -393,7 +390,7 @@ def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows,
             for row, pw in enumerate(pws):
                 pk = builder.gep(pw, [off])
                 for i in range(size):
-                    w_chunk = load(r.ptr(pk, ats[i]), masks[i])
+                    w_chunk = r.load(r.ptr(pk, ats[i]), masks[i])
                     held_v = builder.load(held[row][i])
                     if r.is_int:
                         total = builder.add(held_v, builder.xor(w_chunk, flip))
@@ -406,10 +403,7 @@ def _emit_runs(context, builder, aty, aa, arty, ara, wty, wa, brty, bra, n_rows,
                 total = builder.load(held[row][i])
                 if correction is not None:
                     total = builder.add(total, correction)
-                if isinstance(masks[i], str):
-                    r.store_half(total, r.ptr(pa, ats[i]))
-                else:
-                    r.store(total, r.ptr(pa, ats[i]), masks[i])
+                r.store(total, r.ptr(pa, ats[i]), masks[i])
 
     def block(pas, pws, base, size):
         # whole vectors (the usual case: C_out a multiple of 16) take plain loads, which
